@@ -1,0 +1,23 @@
+"""The scene pipeline's Dagster definitions: the only place `Definitions` is assembled.
+
+Start the UI with `dagster dev` in the repository root. Environment variables (all optional;
+without them the pipeline runs offline on a local folder, and says so): see README.md,
+"Configuration".
+"""
+
+import os
+
+from dagster import Definitions
+
+from scene_pipeline.assets import all_assets
+from scene_pipeline.environment import announce, build_resources
+from scene_pipeline.jobs import scene_executor, scene_job
+
+announce(os.environ)
+
+defs = Definitions(
+    assets=all_assets,
+    jobs=[scene_job],
+    resources=build_resources(os.environ),
+    executor=scene_executor,
+)

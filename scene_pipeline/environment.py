@@ -1,0 +1,160 @@
+"""The one switch between the embedded default and the real services, decided from the
+environment in one place and said out loud.
+
+- Storage: S3 when S3_BUCKET_NAME is set, else a local folder (SCENE_PIPELINE_LOCAL_DIR).
+- Prompts: OpenAI when OPENAI_API_KEY is set, else the offline template writer.
+- Images: SCENE_PIPELINE_IMAGE_PROVIDER (kling, openai-images, offline); by default KLING
+  when its keys are set, else the offline placeholder maker.
+
+Secrets are passed to resources as `EnvVar`s, so their values are read where they are used
+and never appear in the resource config that the Dagster UI shows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dagster_aws.s3 import S3Resource
+
+from scene_pipeline.constants import DEFAULT_LOCAL_DIR, DEFAULT_PROMPT_CAP
+from scene_pipeline.io_managers import JsonIOManager, ManifestIOManager
+from scene_pipeline.resources.providers import (
+    ImageMakerResource,
+    OfflineImageMakerResource,
+    OfflinePromptWriterResource,
+    PromptWriterResource,
+)
+from scene_pipeline.resources.storage import (
+    LocalStorageResource,
+    S3StorageResource,
+    StorageResource,
+)
+
+logger = logging.getLogger("scene_pipeline")
+
+ImageProvider = Literal["kling", "openai-images", "offline"]
+IMAGE_PROVIDERS: tuple[ImageProvider, ...] = ("kling", "openai-images", "offline")
+
+
+class ConfigurationError(ValueError):
+    """An environment setting has a value the pipeline cannot use."""
+
+
+@dataclass(frozen=True)
+class Mode:
+    storage: Literal["s3", "local"]
+    prompt_writer: Literal["openai", "offline"]
+    image_maker: ImageProvider
+
+    @property
+    def offline(self) -> bool:
+        return self.prompt_writer == "offline" or self.image_maker == "offline"
+
+
+def _set(env: Mapping[str, str], name: str) -> bool:
+    return bool(env.get(name, "").strip())
+
+
+def resolve_mode(env: Mapping[str, str]) -> Mode:
+    requested = env.get("SCENE_PIPELINE_IMAGE_PROVIDER", "").strip().lower()
+    if requested and requested not in IMAGE_PROVIDERS:
+        raise ConfigurationError(
+            f"SCENE_PIPELINE_IMAGE_PROVIDER={requested!r} is not one of"
+            f" {', '.join(IMAGE_PROVIDERS)}"
+        )
+    kling_keys = _set(env, "KLING_ACCESS_KEY") and _set(env, "KLING_SECRET_KEY")
+    image_maker: ImageProvider = requested or ("kling" if kling_keys else "offline")  # type: ignore[assignment]
+    if image_maker != "offline":
+        raise ConfigurationError(
+            f"image provider {image_maker!r} is not available in this version; unset"
+            " SCENE_PIPELINE_IMAGE_PROVIDER and the KLING keys to use the offline images"
+        )
+    return Mode(
+        storage="s3" if _set(env, "S3_BUCKET_NAME") else "local",
+        prompt_writer="offline",
+        image_maker=image_maker,
+    )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not an integer") from None
+
+
+def build_storage(env: Mapping[str, str]) -> StorageResource:
+    if _set(env, "S3_BUCKET_NAME"):
+        return S3StorageResource(
+            bucket=env["S3_BUCKET_NAME"].strip(),
+            s3=S3Resource(
+                region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+                endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            ),
+        )
+    local_dir = env.get("SCENE_PIPELINE_LOCAL_DIR") or DEFAULT_LOCAL_DIR
+    return LocalStorageResource(local_dir=str(Path(local_dir).expanduser().resolve()))
+
+
+def build_prompt_writer(env: Mapping[str, str], mode: Mode) -> PromptWriterResource:
+    del mode
+    return OfflinePromptWriterResource(
+        max_prompt_chars=_int(env, "SCENE_PIPELINE_PROMPT_MAX_CHARS", DEFAULT_PROMPT_CAP)
+    )
+
+
+def build_image_maker(env: Mapping[str, str], mode: Mode) -> ImageMakerResource:
+    del env, mode
+    return OfflineImageMakerResource()
+
+
+def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every resource of the code location, chosen from `env`."""
+    mode = resolve_mode(env)
+    storage = build_storage(env)
+    return {
+        "storage": storage,
+        "prompt_writer": build_prompt_writer(env, mode),
+        "image_maker": build_image_maker(env, mode),
+        "io_manager": JsonIOManager(storage=storage),
+        "manifest_io_manager": ManifestIOManager(storage=storage),
+    }
+
+
+def describe(env: Mapping[str, str]) -> list[str]:
+    """Human-readable lines saying what this environment will use."""
+    mode = resolve_mode(env)
+    storage = build_storage(env).describe()
+    lines = [f"storage: {storage}"]
+    lines.append(
+        "prompts: OpenAI"
+        if mode.prompt_writer == "openai"
+        else "prompts: OFFLINE template writer (OPENAI_API_KEY not set)"
+    )
+    lines.append(
+        f"images: {mode.image_maker}"
+        if mode.image_maker != "offline"
+        else "images: OFFLINE placeholder maker (no KLING keys, no SCENE_PIPELINE_IMAGE_PROVIDER)"
+    )
+    return lines
+
+
+def announce(env: Mapping[str, str]) -> None:
+    """Log the mode once, loudly when anything is offline."""
+    mode = resolve_mode(env)
+    for line in describe(env):
+        if "OFFLINE" in line:
+            logger.warning("scene-pipeline %s", line)
+        else:
+            logger.info("scene-pipeline %s", line)
+    if mode.offline:
+        logger.warning(
+            "scene-pipeline runs OFFLINE: manifests will mark prompts/images as placeholders"
+        )

@@ -1,0 +1,107 @@
+"""Interfaces of prompt writers and image makers, and the data they exchange."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from scene_pipeline.contract.outputs import ImageProvenance, Usage
+from scene_pipeline.contract.script import Character, Scene, Script
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ProviderIdentity(_Model):
+    """What a provider's output depends on besides its input: part of every content hash."""
+
+    provider: str
+    model: str
+    version: str
+    offline: bool = False
+
+    def label(self) -> str:
+        suffix = " (OFFLINE placeholder)" if self.offline else ""
+        return f"{self.provider}/{self.model}{suffix}"
+
+
+class CharacterLook(_Model):
+    """A character's canonical English visual description, used instead of the name."""
+
+    name: str
+    look: str
+
+
+class WrittenSheet(_Model):
+    looks: list[CharacterLook]
+    usage: Usage | None = None
+    model: str
+
+
+class ScenePromptRequest(_Model):
+    """Everything a prompt writer may read for one scene. All script text is untrusted data."""
+
+    script_title: str
+    scene: Scene
+    previous_scene: Scene | None
+    next_scene: Scene | None
+    characters: list[Character]
+    looks: list[CharacterLook]
+    style: str | None
+    aspect_ratio: str
+    max_prompt_chars: int
+
+
+class WrittenPrompt(_Model):
+    image_prompt: str
+    negative_prompt: str
+    usage: Usage | None = None
+    model: str
+
+
+class PromptWriter(Protocol):
+    identity: ProviderIdentity
+
+    def write_character_sheet(self, script: Script) -> WrittenSheet:
+        """One call per script: a look for every character."""
+        ...
+
+    def write_scene_prompt(self, request: ScenePromptRequest) -> WrittenPrompt:
+        """One call per scene. Raises ProviderError subclasses (see providers.errors)."""
+        ...
+
+
+class ImageRequest(_Model):
+    script_id: str
+    scene_id: str
+    content_hash: str
+    prompt: str
+    negative_prompt: str
+    aspect_ratio: str
+    external_task_id: str
+
+
+class GeneratedImage(_Model):
+    png: bytes
+    provenance: ImageProvenance
+
+
+class TaskJournal(Protocol):
+    """Durable note of a paid task in flight, so that a retried or resumed step polls it
+    instead of paying for a second one."""
+
+    def load(self) -> dict[str, str] | None: ...
+
+    def save(self, entry: dict[str, str]) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class ImageMaker(Protocol):
+    identity: ProviderIdentity
+
+    def make_image(self, request: ImageRequest, journal: TaskJournal) -> GeneratedImage:
+        """Draw one picture. Raises ProviderError subclasses (see providers.errors)."""
+        ...

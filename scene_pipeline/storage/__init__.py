@@ -1,0 +1,14 @@
+"""One object-store seam with two real backends: S3 and a local folder holding the same keys."""
+
+from scene_pipeline.storage.base import ObjectInfo, ObjectNotFound, ObjectStore, StorageError
+from scene_pipeline.storage.local import LocalObjectStore
+from scene_pipeline.storage.s3 import S3ObjectStore
+
+__all__ = [
+    "LocalObjectStore",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "ObjectStore",
+    "S3ObjectStore",
+    "StorageError",
+]

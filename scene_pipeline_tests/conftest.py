@@ -1,0 +1,71 @@
+"""Shared fixtures: example scripts, an S3 endpoint (moto's server on 127.0.0.1), a clean env."""
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+SAMPLE = REPO.parent / "shared" / "samples" / "strange_oldman.json"
+
+# Every setting that would switch the pipeline to real services or another folder.
+PIPELINE_ENV = (
+    "S3_BUCKET_NAME",
+    "AWS_ENDPOINT_URL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "KLING_ACCESS_KEY",
+    "KLING_SECRET_KEY",
+    "KLING_API_BASE_URL",
+    "SCENE_PIPELINE_IMAGE_PROVIDER",
+    "SCENE_PIPELINE_LOCAL_DIR",
+    "DAGSTER_HOME",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PIPELINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture
+def sample_path() -> Path:
+    if not SAMPLE.exists():
+        pytest.skip("../shared/samples/strange_oldman.json is not next to this checkout")
+    return SAMPLE
+
+
+@pytest.fixture
+def rooftop_cat() -> dict:
+    return json.loads((EXAMPLES / "rooftop_cat.json").read_text("utf-8"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API (moto's server) on a free 127.0.0.1 port, for boto3 and dagster-aws."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
+    """A new, empty bucket per test."""
+    name = (
+        "sp-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
+    )
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    return name
