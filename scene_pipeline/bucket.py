@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from scene_pipeline.contract.outputs import GenerationRecord, Manifest, RejectionReport
 from scene_pipeline.models import AcceptedScript, CharacterSheet, ScenePrompt
-from scene_pipeline.storage import ObjectNotFound, ObjectStore, StorageError, layout
+from scene_pipeline.storage import ObjectNotFound, ObjectStore, StorageError, get_or_none, layout
 
 M = TypeVar("M", bound=BaseModel)
 JSON = "application/json"
@@ -77,6 +77,23 @@ class Bucket:
         plan = prompt.plan
         self._write(
             layout.prompt_key(plan.script_id, plan.scene.scene_id, plan.content_hash), prompt
+        )
+
+    # -- run-wide stop after an account error ----------------------------------------------
+
+    def read_account_stop(self, run_id: str) -> str | None:
+        """Why this run stopped calling a provider, if it did."""
+        data = get_or_none(self.store, layout.account_stop_key(run_id))
+        if data is None:
+            return None
+        try:
+            return str(json.loads(data)["reason"])
+        except (ValueError, KeyError, TypeError):
+            return "an account error earlier in this run"
+
+    def write_account_stop(self, run_id: str, reason: str) -> None:
+        self.store.put(
+            layout.account_stop_key(run_id), json.dumps({"reason": reason}).encode(), JSON
         )
 
     # -- results ------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ import os
 from dagster import Definitions
 
 from scene_pipeline.assets import all_assets
-from scene_pipeline.environment import announce, build_resources
+from scene_pipeline.environment import announce, build_resources, nightly_settings
 from scene_pipeline.jobs import scene_executor, scene_job
+from scene_pipeline.schedules import build_nightly_schedule
 
 announce(os.environ)
 
@@ -19,5 +20,6 @@ defs = Definitions(
     assets=all_assets,
     jobs=[scene_job],
     resources=build_resources(os.environ),
+    schedules=[build_nightly_schedule(**nightly_settings(os.environ))],
     executor=scene_executor,
 )

@@ -115,6 +115,22 @@ def build_image_maker(env: Mapping[str, str], mode: Mode) -> ImageMakerResource:
     return OfflineImageMakerResource()
 
 
+def nightly_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Cron, timezone and per-night run bound of the nightly regeneration schedule."""
+    from scene_pipeline.schedules import (
+        DEFAULT_NIGHTLY_CRON,
+        DEFAULT_NIGHTLY_MAX_RUNS,
+        DEFAULT_NIGHTLY_TIMEZONE,
+    )
+
+    return {
+        "cron": env.get("SCENE_PIPELINE_NIGHTLY_CRON", "").strip() or DEFAULT_NIGHTLY_CRON,
+        "timezone": env.get("SCENE_PIPELINE_NIGHTLY_TIMEZONE", "").strip()
+        or DEFAULT_NIGHTLY_TIMEZONE,
+        "max_runs": _int(env, "SCENE_PIPELINE_NIGHTLY_MAX_RUNS", DEFAULT_NIGHTLY_MAX_RUNS),
+    }
+
+
 def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
     """Every resource of the code location, chosen from `env`."""
     mode = resolve_mode(env)

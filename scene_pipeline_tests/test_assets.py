@@ -9,7 +9,7 @@ from pydantic import Field
 
 from scene_pipeline.contract.outputs import GenerationRecord
 from scene_pipeline.providers.base import GeneratedImage, ImageMaker, ImageRequest, TaskJournal
-from scene_pipeline.providers.errors import SceneRejectedError
+from scene_pipeline.providers.errors import AccountError, SceneRejectedError
 from scene_pipeline.providers.offline import PlaceholderImageMaker
 from scene_pipeline.resources.providers import ImageMakerResource
 from scene_pipeline.resources.storage import LocalStorageResource, StorageResource
@@ -182,3 +182,27 @@ def test_the_same_keys_land_in_s3(instance, s3_endpoint, s3_bucket) -> None:
         f"results/2024/scenes/1/{scene.generation}.png",
     ]
     png_size(storage.get_bucket().store.get(f"results/2024/scenes/1/{scene.generation}.png"))
+
+
+class BrokenAccountMaker:
+    calls = 0
+    identity = PlaceholderImageMaker.identity
+
+    def make_image(self, request: ImageRequest, journal: TaskJournal) -> GeneratedImage:
+        BrokenAccountMaker.calls += 1
+        raise AccountError("KLING account: resource pack exhausted (1102)")
+
+
+class BrokenAccountResource(ImageMakerResource):
+    def get_maker(self) -> ImageMaker:
+        return BrokenAccountMaker()
+
+
+def test_an_account_error_stops_the_run_from_calling_the_provider_again(instance, storage) -> None:
+    script_id = accept(storage, example("rooftop_cat.json"), instance)
+    BrokenAccountMaker.calls = 0
+    manifest = run_script(instance, storage, script_id, image_maker=BrokenAccountResource())
+    assert manifest.status == "failed"
+    assert BrokenAccountMaker.calls == 1
+    assert all("resource pack exhausted" in (s.error or "") for s in manifest.scenes)
+    assert sum("not attempted" in (s.error or "") for s in manifest.scenes) == 2

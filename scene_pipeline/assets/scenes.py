@@ -27,13 +27,14 @@ from dagster import (
     Out,
     Output,
     RetryPolicy,
+    RetryRequested,
     graph_multi_asset,
     op,
 )
 from pydantic import Field
 
 from scene_pipeline import planning
-from scene_pipeline.bucket import StoredTaskJournal
+from scene_pipeline.bucket import Bucket, StoredTaskJournal
 from scene_pipeline.constants import (
     ASSET_GROUP,
     IMAGE_STEP_MAX_RETRIES,
@@ -91,17 +92,36 @@ def _retry_policy(max_retries: int) -> RetryPolicy:
 
 
 def _guarded(
-    context: OpExecutionContext, max_retries: int, work: Callable[[], T], failed: Callable[[str], T]
+    context: OpExecutionContext,
+    bucket: Bucket,
+    max_retries: int,
+    work: Callable[[], T],
+    failed: Callable[[str], T],
 ) -> T:
     """Run `work`; transient errors are retried by the step's RetryPolicy, and on the last
-    attempt every error becomes a failed scene instead of a failed run."""
+    attempt every error becomes a failed scene instead of a failed run.
+
+    An account error (bad keys, quota, allowlist) is recorded for the run, and every later
+    step of the same run fails its scene without calling the provider: retrying would only
+    pile up errors, or cost money once the account recovers mid-run without anyone knowing.
+    """
+    stopped = bucket.read_account_stop(context.run_id)
+    if stopped is not None:
+        return failed(f"not attempted: {stopped}")
     last_attempt = context.retry_number >= max_retries
     try:
         return work()
     except AccountError as err:
+        bucket.write_account_stop(context.run_id, f"account error earlier in this run: {err}")
+        context.log.error(f"provider account error; the run stops calling it: {err}")
         return failed(str(err))
     except ProviderError as err:
         if isinstance(err, TransientProviderError) and not last_attempt:
+            if err.retry_after:
+                # The provider said when to come back: wait that long rather than the policy's.
+                raise RetryRequested(
+                    max_retries=max_retries, seconds_to_wait=min(err.retry_after, 300)
+                ) from err
             raise
         if isinstance(err, TransientProviderError):
             return failed(f"gave up after {max_retries + 1} attempts: {err}")
@@ -224,6 +244,7 @@ def write_scene_prompt(
 
     prompt = _guarded(
         context,
+        bucket,
         PROMPT_STEP_MAX_RETRIES,
         work,
         lambda error: ScenePrompt(plan=plan, error=f"prompt: {error}"),
@@ -315,7 +336,9 @@ def draw_scene_image(
     if prompt.error:
         entry = failed(prompt.error)
     else:
-        entry = _guarded(context, IMAGE_STEP_MAX_RETRIES, work, lambda e: failed(f"image: {e}"))
+        entry = _guarded(
+            context, bucket, IMAGE_STEP_MAX_RETRIES, work, lambda e: failed(f"image: {e}")
+        )
     if entry.error:
         context.log.error(f"scene {scene_id}: {entry.error}")
     elif entry.offline:

@@ -19,6 +19,7 @@ PROMPTS_PREFIX = f"{PIPELINE_PREFIX}prompts/"
 CHARACTER_SHEETS_PREFIX = f"{PIPELINE_PREFIX}character-sheets/"
 TASKS_PREFIX = f"{PIPELINE_PREFIX}tasks/"
 IO_PREFIX = f"{PIPELINE_PREFIX}dagster/"
+RUNS_PREFIX = f"{PIPELINE_PREFIX}runs/"
 
 _SCRIPT_ID_RE = re.compile(SCRIPT_ID_PATTERN)
 _SCENE_ID_RE = re.compile(SCENE_ID_PATTERN)
@@ -90,6 +91,11 @@ def prompt_key(script_id: str, scene_id: str, content_hash: str) -> str:
 
 def character_sheet_key(script_id: str, input_hash: str) -> str:
     return f"{CHARACTER_SHEETS_PREFIX}{script_segment(script_id)}/{token_segment(input_hash)}.json"
+
+
+def account_stop_key(run_id: str) -> str:
+    """Set when a provider account failed during a run: the run's other steps stop paying."""
+    return f"{RUNS_PREFIX}{token_segment(run_id)}/account-stop.json"
 
 
 def task_key(script_id: str, scene_id: str, content_hash: str) -> str:
