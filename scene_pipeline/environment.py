@@ -18,10 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
-from scene_pipeline.constants import DEFAULT_LOCAL_DIR, DEFAULT_PROMPT_CAP
+from scene_pipeline.constants import (
+    DEFAULT_KLING_MAX_CONCURRENCY,
+    DEFAULT_LOCAL_DIR,
+    DEFAULT_PROMPT_CAP,
+)
 from scene_pipeline.io_managers import JsonIOManager, ManifestIOManager
+from scene_pipeline.resources.kling import KlingImageMakerResource
+from scene_pipeline.resources.openai import OpenAIImagesMakerResource, OpenAIPromptWriterResource
 from scene_pipeline.resources.providers import (
     ImageMakerResource,
     OfflineImageMakerResource,
@@ -68,14 +75,20 @@ def resolve_mode(env: Mapping[str, str]) -> Mode:
         )
     kling_keys = _set(env, "KLING_ACCESS_KEY") and _set(env, "KLING_SECRET_KEY")
     image_maker: ImageProvider = requested or ("kling" if kling_keys else "offline")  # type: ignore[assignment]
-    if image_maker != "offline":
+    if image_maker == "kling" and not kling_keys:
         raise ConfigurationError(
-            f"image provider {image_maker!r} is not available in this version; unset"
-            " SCENE_PIPELINE_IMAGE_PROVIDER and the KLING keys to use the offline images"
+            "SCENE_PIPELINE_IMAGE_PROVIDER=kling needs KLING_ACCESS_KEY and KLING_SECRET_KEY"
+        )
+    if image_maker == "openai-images" and not (
+        _set(env, "OPENAI_IMAGES_API_KEY") or _set(env, "OPENAI_API_KEY")
+    ):
+        raise ConfigurationError(
+            "SCENE_PIPELINE_IMAGE_PROVIDER=openai-images needs OPENAI_IMAGES_API_KEY"
+            " (or OPENAI_API_KEY)"
         )
     return Mode(
         storage="s3" if _set(env, "S3_BUCKET_NAME") else "local",
-        prompt_writer="offline",
+        prompt_writer="openai" if _set(env, "OPENAI_API_KEY") else "offline",
         image_maker=image_maker,
     )
 
@@ -103,15 +116,54 @@ def build_storage(env: Mapping[str, str]) -> StorageResource:
     return LocalStorageResource(local_dir=str(Path(local_dir).expanduser().resolve()))
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
+
+
 def build_prompt_writer(env: Mapping[str, str], mode: Mode) -> PromptWriterResource:
-    del mode
-    return OfflinePromptWriterResource(
-        max_prompt_chars=_int(env, "SCENE_PIPELINE_PROMPT_MAX_CHARS", DEFAULT_PROMPT_CAP)
-    )
+    cap = _int(env, "SCENE_PIPELINE_PROMPT_MAX_CHARS", DEFAULT_PROMPT_CAP)
+    if mode.prompt_writer == "offline":
+        return OfflinePromptWriterResource(max_prompt_chars=cap)
+    settings: dict[str, Any] = {"max_prompt_chars": cap}
+    if base_url := env.get("OPENAI_BASE_URL", "").strip():
+        settings["base_url"] = base_url
+    if model := env.get("OPENAI_MODEL", "").strip():
+        settings["model"] = model
+    return OpenAIPromptWriterResource(api_key=EnvVar("OPENAI_API_KEY"), **settings)
 
 
 def build_image_maker(env: Mapping[str, str], mode: Mode) -> ImageMakerResource:
-    del env, mode
+    if mode.image_maker == "kling":
+        settings: dict[str, Any] = {
+            "max_concurrency": _int(env, "KLING_MAX_CONCURRENCY", DEFAULT_KLING_MAX_CONCURRENCY),
+            "task_timeout_seconds": _float(env, "KLING_TASK_TIMEOUT_SECONDS", 600.0),
+            "poll_interval_seconds": _float(env, "KLING_POLL_INTERVAL_SECONDS", 2.0),
+        }
+        if base_url := env.get("KLING_API_BASE_URL", "").strip():
+            settings["base_url"] = base_url
+        if model := env.get("KLING_MODEL", "").strip():
+            settings["model"] = model
+        return KlingImageMakerResource(
+            access_key=EnvVar("KLING_ACCESS_KEY"),
+            secret_key=EnvVar("KLING_SECRET_KEY"),
+            **settings,
+        )
+    if mode.image_maker == "openai-images":
+        key_name = (
+            "OPENAI_IMAGES_API_KEY" if _set(env, "OPENAI_IMAGES_API_KEY") else "OPENAI_API_KEY"
+        )
+        settings = {}
+        if base_url := env.get("OPENAI_IMAGES_BASE_URL", "").strip():
+            settings["base_url"] = base_url
+        if model := env.get("OPENAI_IMAGES_MODEL", "").strip():
+            settings["model"] = model
+        return OpenAIImagesMakerResource(api_key=EnvVar(key_name), **settings)
     return OfflineImageMakerResource()
 
 
@@ -147,18 +199,24 @@ def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
 def describe(env: Mapping[str, str]) -> list[str]:
     """Human-readable lines saying what this environment will use."""
     mode = resolve_mode(env)
-    storage = build_storage(env).describe()
-    lines = [f"storage: {storage}"]
-    lines.append(
-        "prompts: OpenAI"
-        if mode.prompt_writer == "openai"
-        else "prompts: OFFLINE template writer (OPENAI_API_KEY not set)"
-    )
-    lines.append(
-        f"images: {mode.image_maker}"
-        if mode.image_maker != "offline"
-        else "images: OFFLINE placeholder maker (no KLING keys, no SCENE_PIPELINE_IMAGE_PROVIDER)"
-    )
+    lines = [f"storage: {build_storage(env).describe()}"]
+    writer = build_prompt_writer(env, mode)
+    if isinstance(writer, OpenAIPromptWriterResource):
+        lines.append(f"prompts: OpenAI {writer.model} at {writer.base_url or 'api.openai.com'}")
+    else:
+        lines.append("prompts: OFFLINE template writer (OPENAI_API_KEY not set)")
+    maker = build_image_maker(env, mode)
+    if isinstance(maker, KlingImageMakerResource):
+        lines.append(
+            f"images: KLING {maker.model} at {maker.base_url}, at most {maker.max_concurrency}"
+            " tasks at once per process (the kling pool bounds all runs)"
+        )
+    elif isinstance(maker, OpenAIImagesMakerResource):
+        lines.append(f"images: OpenAI images {maker.model} at {maker.base_url or 'api.openai.com'}")
+    else:
+        lines.append(
+            "images: OFFLINE placeholder maker (no KLING keys, no SCENE_PIPELINE_IMAGE_PROVIDER)"
+        )
     return lines
 
 

@@ -206,3 +206,23 @@ def test_an_account_error_stops_the_run_from_calling_the_provider_again(instance
     assert BrokenAccountMaker.calls == 1
     assert all("resource pack exhausted" in (s.error or "") for s in manifest.scenes)
     assert sum("not attempted" in (s.error or "") for s in manifest.scenes) == 2
+
+
+def test_failed_scenes_fail_the_manifest_check_where_operators_look(instance, storage) -> None:
+    from dagster import materialize
+
+    from scene_pipeline.assets import all_assets
+
+    from .pipeline_helpers import resources
+
+    script_id = accept(storage, example("rooftop_cat.json"), instance)
+    result = materialize(
+        all_assets,
+        partition_key=script_id,
+        instance=instance,
+        resources=resources(storage, RefusingImageMakerResource(refused=["1", "3-key"])),
+    )
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["all_scenes_succeeded"].passed is False
+    assert "1, 3-key" in checks["all_scenes_succeeded"].description
+    assert checks["prompts_within_cap"].passed is True

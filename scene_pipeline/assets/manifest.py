@@ -1,6 +1,16 @@
 """manifest: the script's result for the backend, at results/<script_id>/manifest.json."""
 
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MetadataValue,
+    Output,
+    asset,
+)
 
 from scene_pipeline.constants import ASSET_GROUP
 from scene_pipeline.contract.outputs import Manifest, ProviderInfo, SceneEntry, utc_now
@@ -21,6 +31,21 @@ OFFLINE_NOTICE = (
     group_name=ASSET_GROUP,
     io_manager_key="manifest_io_manager",
     kinds={"json", "s3"},
+    # Checks are evaluated with the manifest, so a script with failed scenes shows up in the
+    # asset's health and the Checks tab, where an operator looks first.
+    check_specs=[
+        AssetCheckSpec(
+            "all_scenes_succeeded",
+            asset="manifest",
+            description="Every scene of the script has a picture (none failed or pending).",
+        ),
+        AssetCheckSpec(
+            "prompts_within_cap",
+            asset="manifest",
+            description="Every image prompt fits the configured cap"
+            " (SCENE_PIPELINE_PROMPT_MAX_CHARS).",
+        ),
+    ],
 )
 def manifest(
     context: AssetExecutionContext,
@@ -28,7 +53,7 @@ def manifest(
     scene_images: list[SceneEntry],
     prompt_writer: PromptWriterResource,
     image_maker: ImageMakerResource,
-) -> Output[Manifest]:
+) -> Iterator[Output[Manifest] | AssetCheckResult]:
     """The manifest the backend reads: every scene's status, prompt and image URI."""
     script = script_document.script
     writer_id, maker_id = prompt_writer.identity, image_maker.identity
@@ -55,7 +80,7 @@ def manifest(
         s: sum(1 for e in entries if e.status == s)
         for s in ("succeeded", "failed", "pending", "removed")
     }
-    return Output(
+    yield Output(
         result,
         metadata={
             "status": result.status,
@@ -66,4 +91,23 @@ def manifest(
                 ", ".join(e.scene_id for e in entries if e.status == "failed") or "-"
             ),
         },
+    )
+    unfinished = [e.scene_id for e in entries if e.status in ("failed", "pending")]
+    yield AssetCheckResult(
+        check_name="all_scenes_succeeded",
+        passed=not unfinished,
+        severity=AssetCheckSeverity.WARN,
+        description=f"script {script.script_id}: "
+        + (f"scenes without a picture: {', '.join(unfinished)}" if unfinished else "complete"),
+        metadata={"script_id": script.script_id, "unfinished_scenes": len(unfinished)},
+    )
+    cap = prompt_writer.max_prompt_chars
+    too_long = [e.scene_id for e in entries if len(e.image_prompt or "") > cap]
+    yield AssetCheckResult(
+        check_name="prompts_within_cap",
+        passed=not too_long,
+        severity=AssetCheckSeverity.WARN,
+        description=f"script {script.script_id}: "
+        + (f"prompts over {cap} chars: {', '.join(too_long)}" if too_long else f"all ≤ {cap}"),
+        metadata={"script_id": script.script_id, "cap": cap, "over_cap": len(too_long)},
     )

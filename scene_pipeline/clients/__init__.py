@@ -1,0 +1,1 @@
+"""Plain HTTP clients of external services: no Dagster imports, usable and testable alone."""
