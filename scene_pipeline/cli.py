@@ -5,6 +5,9 @@ on the instance at $DAGSTER_HOME when it is set (so the run shows up in `dagster
 otherwise on a temporary instance that is thrown away afterwards.
 
 Exit codes: 0 ok / complete, 1 partial or failed run, 2 invalid input or usage.
+
+Dagster and the providers are imported inside the commands that need them, so that
+`validate` and `schema` answer at once.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,19 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--force", action="store_true", help="regenerate the scenes even if they are unchanged"
     )
+    submit = commands.add_parser(
+        "submit", help="validate a script and upload it to the inbox (the sensor runs it)"
+    )
+    submit.add_argument("file", type=Path, metavar="FILE")
+    submit.add_argument(
+        "--name",
+        default=None,
+        help="object name under the inbox prefix (default: <script id>.json)",
+    )
+
+    status = commands.add_parser("status", help="print a script's manifest as a table")
+    status.add_argument("script_id", metavar="SCRIPT_ID")
+
     run.add_argument(
         "--log-level",
         default="WARNING",
@@ -171,21 +188,21 @@ def _ensure_pool_limit(instance: Any) -> None:
 
 
 def _accept(script: Script, shape: ScriptShape, data: bytes, path: Path) -> None:
+    """Store the accepted copy of a validated file, as the inbox sensor does. The file
+    replaces whatever version is stored: the user asked to run this file."""
     from scene_pipeline.environment import build_storage
-    from scene_pipeline.models import AcceptedScript
+    from scene_pipeline.intake import accepted_script, store_accepted
 
-    bucket = build_storage(os.environ).get_bucket()
-    bucket.write_accepted(
-        AcceptedScript(
-            script=script,
-            # Only the file name: the absolute path says nothing the backend could use.
-            source=SourceRef(
-                key=LOCAL_SOURCE_PREFIX + path.name,
-                etag=f'"{hashlib.md5(data).hexdigest()}"',
-            ),
-            shape=shape,
-            accepted_at=utc_now(),
-        )
+    source = SourceRef(
+        # Only the file name: the absolute path says nothing the backend could use.
+        key=LOCAL_SOURCE_PREFIX + path.name,
+        etag=f'"{hashlib.md5(data).hexdigest()}"',
+    )
+    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    store_accepted(
+        build_storage(os.environ).get_bucket(),
+        accepted_script(script, shape, source, modified),
+        keep_newer=False,
     )
 
 
@@ -288,12 +305,90 @@ def cmd_run(path: Path, scenes: str, force: bool, log_level: str) -> int:
     return EXIT_OK if manifest.status == "complete" else EXIT_NOT_COMPLETE
 
 
+def cmd_submit(path: Path, name: str | None) -> int:
+    try:
+        script, _, data = read_script_file(path)
+    except ScriptRejected as err:
+        _print_rejection(path, err)
+        return EXIT_INVALID
+    from scene_pipeline.environment import ConfigurationError, build_storage
+    from scene_pipeline.sensors import InboxSettings
+    from scene_pipeline.storage import StorageError, layout
+
+    name = name or f"{script.script_id}.json"
+    segments = name.split("/")
+    if any(not layout.is_safe_name(s) for s in segments):
+        print(f"--name {name!r}: use letters, digits, '.', '_', '-' and '/'", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        inbox = InboxSettings.from_env(os.environ).prefix
+        store = build_storage(os.environ).get_store()
+        store.put(inbox + name, data, "application/json")
+    except (ConfigurationError, StorageError) as err:
+        print(f"upload failed: {err}", file=sys.stderr)
+        return EXIT_NOT_COMPLETE
+    print(
+        f"uploaded script {script.script_id} to {store.uri(inbox + name)}; the inbox sensor"
+        " runs it at its next tick (see `scene-pipeline status` and the Dagster UI)"
+    )
+    return EXIT_OK
+
+
+def cmd_status(script_id: str) -> int:
+    from scene_pipeline.environment import build_prompt_writer, build_storage, resolve_mode
+    from scene_pipeline.metadata import scenes_frame
+    from scene_pipeline.regeneration import script_health
+    from scene_pipeline.storage import StorageError, layout
+
+    try:
+        layout.script_segment(script_id)
+    except layout.UnsafeKeyError as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        bucket = build_storage(os.environ).get_bucket()
+        manifest = bucket.read_manifest(script_id)
+        accepted = bucket.read_accepted(script_id)
+    except StorageError as err:
+        print(f"cannot read script {script_id}: {err}", file=sys.stderr)
+        return EXIT_NOT_COMPLETE
+    if manifest is None:
+        known = "accepted, but no run has finished yet" if accepted else "unknown"
+        print(f"script {script_id}: {known}", file=sys.stderr)
+        return EXIT_NOT_COMPLETE
+    for line in _summary(manifest, [])[:2]:
+        print(line)
+    frame = scenes_frame(manifest.scenes)
+    print(frame.to_string(index=False))
+    if accepted is not None:
+        from scene_pipeline.environment import build_image_maker
+
+        mode = resolve_mode(os.environ)
+        health = script_health(
+            accepted.script,
+            manifest,
+            build_prompt_writer(os.environ, mode).identity,
+            build_image_maker(os.environ, mode).identity,
+        )
+        if health.stale:
+            print(
+                f"stale with the current providers: {', '.join(health.stale)} (the nightly"
+                " schedule or `scene-pipeline run` redraws them)"
+            )
+    print(f"manifest: {bucket.store.uri(layout.manifest_key(script_id))}")
+    return EXIT_OK if manifest.status == "complete" else EXIT_NOT_COMPLETE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "validate":
         return cmd_validate(args.files)
     if args.command == "schema":
         return cmd_schema()
+    if args.command == "submit":
+        return cmd_submit(args.file, args.name)
+    if args.command == "status":
+        return cmd_status(args.script_id)
     return cmd_run(args.file, args.scenes, args.force, args.log_level)
 
 

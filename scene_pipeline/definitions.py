@@ -13,12 +13,14 @@ from scene_pipeline.assets import all_assets
 from scene_pipeline.environment import announce, build_resources, nightly_settings
 from scene_pipeline.jobs import scene_executor, scene_job
 from scene_pipeline.schedules import build_nightly_schedule
+from scene_pipeline.sensors import build_script_inbox_sensor
 
 announce(os.environ)
 
 defs = Definitions(
     assets=all_assets,
     jobs=[scene_job],
+    sensors=[build_script_inbox_sensor(os.environ)],
     resources=build_resources(os.environ),
     schedules=[build_nightly_schedule(**nightly_settings(os.environ))],
     executor=scene_executor,

@@ -134,3 +134,25 @@ def test_the_real_sample_gets_fifteen_pictures(tmp_path: Path, sample_path: Path
         assert scene["image_prompt"]
         png = Path(scene["image_s3url"].removeprefix("file://"))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_submit_uploads_to_the_inbox_and_status_prints_the_manifest(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    env = {"SCENE_PIPELINE_LOCAL_DIR": str(storage)}
+    submitted = cli("submit", EXAMPLES / "rooftop_cat.json", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    inbox_copy = storage / "scripts/incoming/rooftop-cat.json"
+    assert inbox_copy.read_bytes() == (EXAMPLES / "rooftop_cat.json").read_bytes()
+    assert (
+        cli("submit", EXAMPLES / "rooftop_cat.json", "--name", "../x.json", env=env).returncode == 2
+    )
+
+    before = cli("status", "rooftop-cat", env=env)
+    assert before.returncode == 1 and "unknown" in before.stderr
+    assert cli("run", EXAMPLES / "rooftop_cat.json", env=env).returncode == 0
+    status = cli("status", "rooftop-cat", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "complete (3/3 scenes succeeded)" in status.stdout
+    rows = [line.split() for line in status.stdout.splitlines() if line.strip().startswith("3-key")]
+    assert rows and rows[0][1] == "succeeded"
+    assert cli("status", "../etc", env=env).returncode == 2

@@ -42,9 +42,14 @@ def scene_segment(scene_id: str) -> str:
     return scene_id
 
 
+def is_safe_name(value: str) -> bool:
+    """Short, no slashes, no dot at the start, no '..': safe as one segment of a key."""
+    return bool(_TOKEN_RE.match(value)) and ".." not in value
+
+
 def token_segment(value: str) -> str:
-    """Hashes, generation names and run ids: short, no slashes, no dots at the start."""
-    if not _TOKEN_RE.match(value) or ".." in value:
+    """Hashes, generation names and run ids."""
+    if not is_safe_name(value):
         raise UnsafeKeyError(f"{value[:80]!r} is not a valid key segment")
     return value
 
