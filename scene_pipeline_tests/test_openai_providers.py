@@ -488,7 +488,7 @@ def test_images_garbage_bytes_are_transient() -> None:
         base_url="http://127.0.0.1:9/v1",
         http_client=httpx.Client(transport=httpx.MockTransport(handler)),
     )
-    with pytest.raises(TransientProviderError, match="not a readable picture"):
+    with pytest.raises(TransientProviderError, match="not a readable image"):
         maker.make_image(image_request(), journal=None)  # type: ignore[arg-type]
 
 

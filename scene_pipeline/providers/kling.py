@@ -19,14 +19,11 @@ success the asset clears it after storing the image.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
-
-from PIL import Image, UnidentifiedImageError
 
 from scene_pipeline.clients.kling import (
     DEFAULT_MODEL,
@@ -43,6 +40,7 @@ from scene_pipeline.providers.base import (
     TaskJournal,
 )
 from scene_pipeline.providers.errors import SceneRejectedError, TransientProviderError
+from scene_pipeline.providers.png import as_png
 
 logger = logging.getLogger(__name__)
 
@@ -106,25 +104,6 @@ def _attempt_of(entry: dict[str, str]) -> int:
 
 def _from_ms(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(value / 1000, UTC) if value else None
-
-
-def as_png(data: bytes) -> tuple[bytes, int, int]:
-    """The image as PNG bytes plus its size; raises ValueError when `data` is not an image."""
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()  # catches truncated and corrupt files without decoding twice
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            width, height = image.size
-            if image.format == "PNG":
-                return data, width, height
-            if image.mode not in ("RGB", "RGBA", "L", "LA"):
-                image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return buffer.getvalue(), width, height
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"not a readable image ({type(err).__name__})") from None
 
 
 class KlingImageMaker:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import logging
 import math
 import time
@@ -30,7 +29,6 @@ import httpx
 import openai
 from openai import OpenAI
 from openai.types import ImagesResponse
-from PIL import Image, UnidentifiedImageError
 
 from scene_pipeline.contract.outputs import ImageProvenance
 from scene_pipeline.providers.base import (
@@ -45,6 +43,7 @@ from scene_pipeline.providers.openai_writer import (
     DEFAULT_OPENAI_BASE_URL,
     map_openai_error,
 )
+from scene_pipeline.providers.png import as_png
 
 logger = logging.getLogger(__name__)
 
@@ -80,33 +79,6 @@ def nearest_size(aspect_ratio: str, sizes: Sequence[str] = GPT_IMAGE_SIZES) -> s
         return (round(abs(math.log(w / h) - target), 9), -(w * h))
 
     return min(sizes, key=distance)
-
-
-def as_png(data: bytes) -> tuple[bytes, int, int]:
-    """(PNG bytes, width, height); other formats are converted, PNG passes unchanged.
-
-    Raises:
-        TransientProviderError: the bytes are not a picture Pillow can read.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()  # checks the structure; the image must be reopened afterwards
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if image.format == "PNG":
-                return data, width, height
-            image.load()
-            if image.mode not in ("RGB", "RGBA", "L", "LA"):
-                # Palette and CMYK pictures: keep transparency if there is any.
-                alpha = "A" in image.getbands() or "transparency" in image.info
-                image = image.convert("RGBA" if alpha else "RGB")
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return buffer.getvalue(), width, height
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise TransientProviderError(
-            f"the image server's answer is not a readable picture ({type(err).__name__})"
-        ) from None
 
 
 class OpenAIImagesMaker:
@@ -207,7 +179,10 @@ class OpenAIImagesMaker:
             data = self._download(item.url, what)
         else:
             raise TransientProviderError(f"{what}: the answer had neither b64_json nor url")
-        png, width, height = as_png(data)
+        try:
+            png, width, height = as_png(data)
+        except ValueError as err:
+            raise TransientProviderError(f"{what}: the answer is {err}") from None
         if (width, height) != parse_size(size):
             logger.info("%s: asked for %s, got %dx%d", what, size, width, height)
 
