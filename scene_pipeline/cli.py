@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,10 @@ EXIT_OK = 0
 EXIT_NOT_COMPLETE = 1
 EXIT_INVALID = 2
 LOCAL_SOURCE_PREFIX = "local-file:"
+TAG_LAUNCHED_BY = "scene_pipeline/launched_by"
+# Which process ran a CLI run: lets the next CLI run recognise a run whose process was killed.
+TAG_CLI_HOST = "scene_pipeline/cli_host"
+TAG_CLI_PID = "scene_pipeline/cli_pid"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -162,6 +167,7 @@ def _instance() -> Iterator[Any]:
     if os.environ.get("DAGSTER_HOME"):
         with DagsterInstance.get() as instance:
             _ensure_pool_limit(instance)
+            _fail_abandoned_runs(instance)
             yield instance
         return
     limit = _pool_limit(os.environ)
@@ -185,6 +191,43 @@ def _ensure_pool_limit(instance: Any) -> None:
     limit = _pool_limit(os.environ)
     instance.event_log_storage.set_concurrency_slots(KLING_POOL, limit)
     print(f"set the '{KLING_POOL}' pool limit of this instance to {limit}", file=sys.stderr)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def _fail_abandoned_runs(instance: Any) -> None:
+    """A `scene-pipeline run` that was killed leaves its run STARTED, holding kling pool
+    slots that no daemon frees (CLI runs have no launcher watching them): the next run's
+    image steps would wait for them forever. Runs this host's CLI started from a process
+    that no longer exists are marked failed and their slots freed; re-executions (which copy
+    the parent's tags) are left to whoever launched them."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    runs = instance.get_runs(
+        RunsFilter(
+            statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED],
+            tags={TAG_LAUNCHED_BY: "cli", TAG_CLI_HOST: socket.gethostname()},
+        )
+    )
+    for run in runs:
+        pid = run.tags.get(TAG_CLI_PID, "")
+        if run.parent_run_id or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        instance.report_run_failed(
+            run, message=f"the scene-pipeline process {pid} that ran it no longer exists"
+        )
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        print(
+            f"marked abandoned run {run.run_id} failed (its process {pid} is gone)", file=sys.stderr
+        )
 
 
 def _accept(script: Script, shape: ScriptShape, data: bytes, path: Path) -> None:
@@ -238,7 +281,13 @@ def execute_scene_job(
         job,
         instance=instance,
         run_config=run_config(scene_ids, force, log_level),
-        tags={"dagster/partition": script_id, "scene_pipeline/launched_by": "cli", **(tags or {})},
+        tags={
+            "dagster/partition": script_id,
+            TAG_LAUNCHED_BY: "cli",
+            TAG_CLI_HOST: socket.gethostname(),
+            TAG_CLI_PID: str(os.getpid()),
+            **(tags or {}),
+        },
         raise_on_error=False,
     ) as result:
         return result.success, result.run_id
@@ -275,6 +324,7 @@ def cmd_run(path: Path, scenes: str, force: bool, log_level: str) -> int:
         return EXIT_INVALID
 
     from scene_pipeline.environment import ConfigurationError, build_storage, describe
+    from scene_pipeline.storage import StorageError
 
     try:
         for line in describe(os.environ):
@@ -283,6 +333,9 @@ def cmd_run(path: Path, scenes: str, force: bool, log_level: str) -> int:
     except ConfigurationError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return EXIT_INVALID
+    except StorageError as err:
+        print(f"storage error: {err}", file=sys.stderr)
+        return EXIT_NOT_COMPLETE
 
     started = utc_now()
     with _instance() as instance:
@@ -294,7 +347,11 @@ def cmd_run(path: Path, scenes: str, force: bool, log_level: str) -> int:
         )
         print(f"run {run_id} {'succeeded' if ok else 'FAILED'} {where}", file=sys.stderr)
 
-    manifest = build_storage(os.environ).get_bucket().read_manifest(script.script_id)
+    try:
+        manifest = build_storage(os.environ).get_bucket().read_manifest(script.script_id)
+    except StorageError as err:
+        print(f"storage error: {err}", file=sys.stderr)
+        return EXIT_NOT_COMPLETE
     if manifest is None or manifest.updated_at < started:
         print("this run wrote no manifest; see the run's logs above", file=sys.stderr)
         return EXIT_NOT_COMPLETE

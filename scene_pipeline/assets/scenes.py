@@ -58,7 +58,7 @@ from scene_pipeline.providers.base import ImageRequest, ScenePromptRequest
 from scene_pipeline.providers.errors import AccountError, ProviderError, TransientProviderError
 from scene_pipeline.resources.providers import ImageMakerResource, PromptWriterResource
 from scene_pipeline.resources.storage import StorageResource
-from scene_pipeline.storage import layout
+from scene_pipeline.storage import StorageError, layout
 
 T = TypeVar("T")
 
@@ -126,6 +126,11 @@ def _guarded(
         if isinstance(err, TransientProviderError):
             return failed(f"gave up after {max_retries + 1} attempts: {err}")
         return failed(str(err))
+    except StorageError as err:
+        if not last_attempt:
+            raise
+        # Storage messages name the key and the error code, never credentials.
+        return failed(f"storage error after {max_retries + 1} attempts: {err}")
     except Exception as err:
         if not last_attempt:
             raise
