@@ -83,6 +83,19 @@ def test_dagster_records_every_asset_of_the_partition(instance, storage) -> None
     manifest_event = instance.get_latest_materialization_event(AssetKey("manifest"))
     metadata = manifest_event.asset_materialization.metadata
     assert metadata["status"].value == "complete" and metadata["offline"].value is True
+    # Each scene's step shows what an operator needs: prompt, thumbnail, URI, attempts.
+    outputs = [
+        e.dagster_event.step_output_data.metadata
+        for e in instance.all_logs(manifest_event.run_id)
+        if e.dagster_event
+        and e.dagster_event.is_successful_output
+        and e.dagster_event.step_key.startswith("scenes.draw_scene_image")
+    ]
+    assert len(outputs) == 2
+    for step_metadata in outputs:
+        assert step_metadata["preview"].value.startswith("![scene ")
+        assert step_metadata["image"].value.startswith("file://")
+        assert step_metadata["attempts"].value == 1 and step_metadata["image_prompt"].value
 
 
 def test_an_unchanged_script_costs_nothing_the_second_time(instance, storage) -> None:

@@ -54,7 +54,7 @@ from scene_pipeline.models import (
 )
 from scene_pipeline.partitions import script_partitions
 from scene_pipeline.planning import UnknownScenesError, entry_from_record
-from scene_pipeline.providers.base import ImageRequest, ScenePromptRequest
+from scene_pipeline.providers.base import GeneratedImage, ImageRequest, ScenePromptRequest
 from scene_pipeline.providers.errors import AccountError, ProviderError, TransientProviderError
 from scene_pipeline.resources.providers import ImageMakerResource, PromptWriterResource
 from scene_pipeline.resources.storage import StorageResource
@@ -284,7 +284,7 @@ def draw_scene_image(
     scene_id = plan.scene.scene_id
     bucket = storage.get_bucket()
     maker = image_maker.get_maker()
-    thumbnail: bytes | None = None
+    drawn: GeneratedImage | None = None
 
     def failed(error: str) -> SceneEntry:
         return SceneEntry(
@@ -300,7 +300,7 @@ def draw_scene_image(
         )
 
     def work() -> SceneEntry:
-        nonlocal thumbnail
+        nonlocal drawn
         assert prompt.image_prompt is not None and prompt.provenance is not None
         image = maker.make_image(
             ImageRequest(
@@ -335,7 +335,7 @@ def draw_scene_image(
         StoredTaskJournal(
             bucket.store, layout.task_key(plan.script_id, scene_id, plan.content_hash)
         ).clear()
-        thumbnail = image.png
+        drawn = image
         return entry_from_record(record)
 
     if prompt.error:
@@ -359,8 +359,13 @@ def draw_scene_image(
     }
     if entry.image_s3url:
         metadata["image"] = MetadataValue.url(entry.image_s3url)
-    if thumbnail is not None:
-        metadata["preview"] = thumbnail_markdown(thumbnail, f"scene {scene_id}")
+    if drawn is not None:
+        cost = drawn.provenance
+        metadata["preview"] = thumbnail_markdown(drawn.png, f"scene {scene_id}")
+        metadata["attempts"] = cost.attempts
+        metadata["task_id"] = cost.task_id or ""
+        metadata["duration_seconds"] = cost.duration_seconds or 0.0
+        metadata["final_unit_deduction"] = cost.final_unit_deduction or ""
     return Output(entry, metadata=metadata)
 
 
