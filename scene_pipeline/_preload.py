@@ -12,4 +12,8 @@ import dagster._core.storage.runs  # noqa: F401
 import dagster._core.storage.schedules  # noqa: F401
 import dagster._core.storage.sqlite_storage  # noqa: F401
 
+# The OpenAI SDK builds its resource and model classes on first use (0.7 CPU s per process,
+# bench/RESULTS.md): pay that once in the forkserver, not in every prompt step.
+import openai.resources  # noqa: F401
+
 import scene_pipeline.definitions  # noqa: F401

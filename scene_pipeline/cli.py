@@ -175,6 +175,12 @@ def _instance() -> Iterator[Any]:
         overrides = {
             "concurrency": {"pools": {"default_limit": limit, "granularity": "op"}},
             "telemetry": {"enabled": False},
+            # The instance is deleted after the run: capturing each step's stdout would only
+            # cost two extra processes per step (a `tail -F` and its watcher).
+            "compute_logs": {
+                "module": "dagster._core.storage.noop_compute_log_manager",
+                "class": "NoOpComputeLogManager",
+            },
         }
         with DagsterInstance.local_temp(home, overrides=overrides) as instance:
             yield instance

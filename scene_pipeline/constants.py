@@ -7,6 +7,8 @@ ASSET_GROUP: Final = "scenes"
 SCRIPT_PARTITIONS_NAME: Final = "scripts"
 SCENE_JOB_NAME: Final = "scene_job"
 KLING_POOL: Final = "kling"
+# Op tag of the image steps: the executor limits them per run (jobs.build_scene_executor).
+IMAGE_STEP_TAG: Final = "scene_pipeline/step"
 
 # Contract limits (../shared/contract/script-input.md).
 MAX_SCRIPT_BYTES: Final = 5 * 1024 * 1024

@@ -10,8 +10,13 @@ import os
 from dagster import Definitions
 
 from scene_pipeline.assets import all_assets
-from scene_pipeline.environment import announce, build_resources, nightly_settings
-from scene_pipeline.jobs import scene_executor, scene_job
+from scene_pipeline.environment import (
+    announce,
+    build_resources,
+    image_steps_per_run,
+    nightly_settings,
+)
+from scene_pipeline.jobs import build_scene_executor, scene_job
 from scene_pipeline.schedules import build_nightly_schedule
 from scene_pipeline.sensors import build_script_inbox_sensor
 
@@ -23,5 +28,5 @@ defs = Definitions(
     sensors=[build_script_inbox_sensor(os.environ)],
     resources=build_resources(os.environ),
     schedules=[build_nightly_schedule(**nightly_settings(os.environ))],
-    executor=scene_executor,
+    executor=build_scene_executor(image_steps_per_run(os.environ)),
 )

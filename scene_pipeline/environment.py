@@ -167,6 +167,11 @@ def build_image_maker(env: Mapping[str, str], mode: Mode) -> ImageMakerResource:
     return OfflineImageMakerResource()
 
 
+def image_steps_per_run(env: Mapping[str, str]) -> int:
+    """Image steps one run starts at once: the account's parallel-task limit."""
+    return max(1, _int(env, "KLING_MAX_CONCURRENCY", DEFAULT_KLING_MAX_CONCURRENCY))
+
+
 def nightly_settings(env: Mapping[str, str]) -> dict[str, Any]:
     """Cron, timezone and per-night run bound of the nightly regeneration schedule."""
     from scene_pipeline.schedules import (

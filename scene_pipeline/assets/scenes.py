@@ -38,6 +38,7 @@ from scene_pipeline.bucket import Bucket, StoredTaskJournal
 from scene_pipeline.constants import (
     ASSET_GROUP,
     IMAGE_STEP_MAX_RETRIES,
+    IMAGE_STEP_TAG,
     KLING_POOL,
     PROMPT_STEP_MAX_RETRIES,
     RETRY_DELAY_SECONDS,
@@ -272,7 +273,13 @@ def write_scene_prompt(
     )
 
 
-@op(pool=KLING_POOL, retry_policy=_retry_policy(IMAGE_STEP_MAX_RETRIES))
+@op(
+    pool=KLING_POOL,
+    retry_policy=_retry_policy(IMAGE_STEP_MAX_RETRIES),
+    # Image steps first: a scene's picture should start as soon as its prompt exists, ahead of
+    # the next scene's prompt, so the account's slots are busy as early as possible.
+    tags={"dagster/priority": "1", IMAGE_STEP_TAG: "image"},
+)
 def draw_scene_image(
     context: OpExecutionContext,
     prompt: ScenePrompt,

@@ -80,7 +80,7 @@ class KlingImageMakerResource(ImageMakerResource):
     poll_interval_seconds: float = Field(
         default=DEFAULT_POLL_INTERVAL_SECONDS,
         gt=0,
-        description="First pause between two polls of a task; grows 1.5x per poll up to 10 s.",
+        description="Pause between two polls of a task (KLING_POLL_INTERVAL_SECONDS).",
     )
     request_timeout_seconds: float = Field(
         default=DEFAULT_REQUEST_TIMEOUT_SECONDS,
