@@ -54,7 +54,6 @@ FAST_CLIENT: dict[str, Any] = {
 }
 FAST_MAKER: dict[str, Any] = {
     "poll_interval_seconds": 0.02,
-    "max_poll_interval_seconds": 0.05,
     "task_timeout_seconds": 5.0,
 }
 
