@@ -398,7 +398,13 @@ def cmd_submit(path: Path, name: str | None) -> int:
 
 
 def cmd_status(script_id: str) -> int:
-    from scene_pipeline.environment import build_prompt_writer, build_storage, resolve_mode
+    from scene_pipeline.environment import (
+        ConfigurationError,
+        build_image_maker,
+        build_prompt_writer,
+        build_storage,
+        resolve_mode,
+    )
     from scene_pipeline.metadata import scenes_frame
     from scene_pipeline.regeneration import script_health
     from scene_pipeline.storage import StorageError, layout
@@ -424,15 +430,15 @@ def cmd_status(script_id: str) -> int:
     frame = scenes_frame(manifest.scenes)
     print(frame.to_string(index=False))
     if accepted is not None:
-        from scene_pipeline.environment import build_image_maker
-
-        mode = resolve_mode(os.environ)
-        health = script_health(
-            accepted.script,
-            manifest,
-            build_prompt_writer(os.environ, mode).identity,
-            build_image_maker(os.environ, mode).identity,
-        )
+        try:
+            mode = resolve_mode(os.environ)
+            # process_config_and_initialize resolves the EnvVar keys, as a run would.
+            writer = build_prompt_writer(os.environ, mode).process_config_and_initialize()
+            maker = build_image_maker(os.environ, mode).process_config_and_initialize()
+        except ConfigurationError as err:
+            print(f"configuration error: {err}", file=sys.stderr)
+            return EXIT_INVALID
+        health = script_health(accepted.script, manifest, writer.identity, maker.identity)
         if health.stale:
             print(
                 f"stale with the current providers: {', '.join(health.stale)} (the nightly"

@@ -40,6 +40,7 @@ from scene_pipeline.resources.storage import (
     S3StorageResource,
     StorageResource,
 )
+from scene_pipeline.urls import redacted_url
 
 logger = logging.getLogger("scene_pipeline")
 
@@ -202,22 +203,28 @@ def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def describe(env: Mapping[str, str]) -> list[str]:
-    """Human-readable lines saying what this environment will use."""
+    """Human-readable lines saying what this environment will use (logged and printed)."""
     mode = resolve_mode(env)
     lines = [f"storage: {build_storage(env).describe()}"]
     writer = build_prompt_writer(env, mode)
     if isinstance(writer, OpenAIPromptWriterResource):
-        lines.append(f"prompts: OpenAI {writer.model} at {writer.base_url or 'api.openai.com'}")
+        lines.append(
+            f"prompts: OpenAI {writer.model} at {redacted_url(writer.base_url, 'api.openai.com')}"
+        )
     else:
         lines.append("prompts: OFFLINE template writer (OPENAI_API_KEY not set)")
     maker = build_image_maker(env, mode)
     if isinstance(maker, KlingImageMakerResource):
         lines.append(
-            f"images: KLING {maker.model} at {maker.base_url}, at most {maker.max_concurrency}"
+            f"images: KLING {maker.model} at {redacted_url(maker.base_url, '?')}, at most"
+            f" {maker.max_concurrency}"
             " tasks at once per process (the kling pool bounds all runs)"
         )
     elif isinstance(maker, OpenAIImagesMakerResource):
-        lines.append(f"images: OpenAI images {maker.model} at {maker.base_url or 'api.openai.com'}")
+        lines.append(
+            f"images: OpenAI images {maker.model} at"
+            f" {redacted_url(maker.base_url, 'api.openai.com')}"
+        )
     else:
         lines.append(
             "images: OFFLINE placeholder maker (no KLING keys, no SCENE_PIPELINE_IMAGE_PROVIDER)"

@@ -3,15 +3,17 @@ per night; complete, up-to-date scripts are never requested (a run of them would
 but it would still fill the run queue)."""
 
 from dagster import (
+    DagsterRunStatus,
     DefaultScheduleStatus,
     RunRequest,
+    RunsFilter,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
     schedule,
 )
 
-from scene_pipeline.constants import SCRIPT_PARTITIONS_NAME
+from scene_pipeline.constants import SCENE_JOB_NAME, SCRIPT_PARTITIONS_NAME
 from scene_pipeline.contract.outputs import utc_now
 from scene_pipeline.jobs import scene_job
 from scene_pipeline.regeneration import ScriptHealth, check_scripts
@@ -21,6 +23,12 @@ from scene_pipeline.resources.storage import StorageResource
 DEFAULT_NIGHTLY_CRON = "0 3 * * *"
 DEFAULT_NIGHTLY_TIMEZONE = "Asia/Seoul"
 DEFAULT_NIGHTLY_MAX_RUNS = 50
+IN_PROGRESS = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
 
 
 def _priority(health: ScriptHealth) -> tuple[int, str]:
@@ -49,7 +57,19 @@ def build_nightly_schedule(
         prompt_writer: PromptWriterResource,
         image_maker: ImageMakerResource,
     ) -> list[RunRequest] | SkipReason:
-        script_ids = context.instance.get_dynamic_partitions(SCRIPT_PARTITIONS_NAME)
+        # A script with a run queued or in progress is left alone: a second run would pay for
+        # the same scenes (a first run still queued has no manifest yet, so it looks failed).
+        busy = {
+            run.tags.get("dagster/partition")
+            for run in context.instance.get_runs(
+                RunsFilter(job_name=SCENE_JOB_NAME, statuses=IN_PROGRESS)
+            )
+        }
+        script_ids = [
+            script_id
+            for script_id in context.instance.get_dynamic_partitions(SCRIPT_PARTITIONS_NAME)
+            if script_id not in busy
+        ]
         checked = check_scripts(
             storage.get_bucket(), script_ids, prompt_writer.identity, image_maker.identity
         )

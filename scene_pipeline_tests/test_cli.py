@@ -155,4 +155,9 @@ def test_submit_uploads_to_the_inbox_and_status_prints_the_manifest(tmp_path: Pa
     assert "complete (3/3 scenes succeeded)" in status.stdout
     rows = [line.split() for line in status.stdout.splitlines() if line.strip().startswith("3-key")]
     assert rows and rows[0][1] == "succeeded"
+    # With KLING keys set, the offline images are reported stale (they would be redrawn).
+    keyed = {**env, "KLING_ACCESS_KEY": "k" * 32, "KLING_SECRET_KEY": "s" * 32}
+    stale = cli("status", "rooftop-cat", env=keyed)
+    assert stale.returncode == 0, stale.stderr
+    assert "stale with the current providers: 1, 2, 3-key" in stale.stdout
     assert cli("status", "../etc", env=env).returncode == 2

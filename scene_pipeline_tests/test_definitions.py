@@ -65,3 +65,17 @@ def test_storage_and_providers_follow_the_environment(tmp_path: Path) -> None:
 def test_an_unknown_image_provider_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="SCENE_PIPELINE_IMAGE_PROVIDER"):
         resolve_mode({"SCENE_PIPELINE_IMAGE_PROVIDER": "dall-e-9"})
+
+
+def test_announced_endpoints_never_show_credentials_in_urls() -> None:
+    lines = describe(
+        {
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": "https://user:pw-secret@proxy.example/v1?api-key=q-secret",
+            "S3_BUCKET_NAME": "b",
+            "AWS_ENDPOINT_URL": "http://ak:sk-secret@127.0.0.1:9000",
+        }
+    )
+    text = "\n".join(lines)
+    assert "proxy.example/v1" in text and "127.0.0.1:9000" in text
+    assert "secret" not in text

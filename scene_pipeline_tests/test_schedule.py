@@ -4,7 +4,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, RunRequest, build_schedule_context
+from dagster import DagsterInstance, DagsterRunStatus, RunRequest, build_schedule_context
+from dagster._core.test_utils import create_run_for_test
 
 from scene_pipeline.definitions import defs
 from scene_pipeline.resources.providers import (
@@ -81,6 +82,15 @@ def test_failed_scripts_and_scripts_never_run_are_requested(instance, storage) -
     assert {r.run_key for r in requested(evaluate(instance, storage)).values()} == {
         r.run_key for r in runs.values()
     }
+
+    # A script whose run is queued or in progress is not requested again.
+    create_run_for_test(
+        instance,
+        job_name="scene_job",
+        status=DagsterRunStatus.STARTED,
+        tags={"dagster/partition": never_id},
+    )
+    assert set(requested(evaluate(instance, storage))) == {failed_id}
 
 
 def test_a_model_change_makes_scripts_stale_and_the_night_is_bounded(instance, storage) -> None:

@@ -179,7 +179,15 @@ def plan_scenes(
         raise Failure(description=str(err), allow_retries=False) from err
 
     carried = list(plan.carried)
-    carried += [entry_from_record(r) for r in bucket.read_records(plan.records_to_read.values())]
+    records = bucket.read_records(plan.records_to_read.values())
+    carried += [entry_from_record(r) for r in records]
+    # A record listed a moment ago but gone now: the scene is pending, never silently dropped.
+    read = {r.scene_id for r in records}
+    carried += [
+        SceneEntry(scene_id=scene_id, status="pending", error="its generation record is gone")
+        for scene_id in plan.records_to_read
+        if scene_id not in read
+    ]
     reused = sum(1 for e in carried if e.status == "succeeded")
     context.log.info(
         f"script {script.script_id}: {len(plan.to_generate)} scene(s) to generate,"

@@ -9,6 +9,7 @@ from pydantic import Field, PrivateAttr
 from scene_pipeline.bucket import Bucket
 from scene_pipeline.constants import DEFAULT_LOCAL_DIR
 from scene_pipeline.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+from scene_pipeline.urls import redacted_url
 
 
 class StorageResource(ConfigurableResource, ABC):
@@ -57,5 +58,4 @@ class S3StorageResource(StorageResource):
         return S3ObjectStore(self.s3.get_client(), self.bucket)
 
     def describe(self) -> str:
-        endpoint = f" at {self.s3.endpoint_url}" if self.s3.endpoint_url else ""
-        return f"S3 bucket s3://{self.bucket}{endpoint}"
+        return f"S3 bucket s3://{self.bucket} at {redacted_url(self.s3.endpoint_url, 'AWS')}"
