@@ -44,8 +44,24 @@ def cap_prompt(text: str, limit: int) -> str:
     return cut.rstrip()
 
 
+# Korean particles that may follow a name ("나는", "할아버지께서", "기사님도").
+_PARTICLES = "은|는|이|가|을|를|의|에게|에|께서|께|도|만|와|과|이랑|랑|한테|야|아|요|님"
+_WORD = "[가-힣A-Za-z0-9]"
+
+
+def _mentions(name: str, text: str) -> bool:
+    """`name` as a word of `text`, possibly followed by particles: "나는" mentions 나, but
+    "나셨는지" (a verb) does not."""
+    pattern = rf"(?<!{_WORD}){re.escape(name)}(?:(?:{_PARTICLES})+)?(?!{_WORD})"
+    return re.search(pattern, text) is not None
+
+
 def involved_characters(script: Script, scene: Scene) -> list[Character]:
     """Characters who speak in the scene or are named in its lines, in the script's order."""
     speakers = {line.speaker for line in scene.audios}
     text = " ".join(line.text for line in scene.audios)
-    return [c for c in script.script_metadata.characters if c.name in speakers or c.name in text]
+    return [
+        c
+        for c in script.script_metadata.characters
+        if c.name in speakers or _mentions(c.name, text)
+    ]
