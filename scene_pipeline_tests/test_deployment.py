@@ -269,7 +269,10 @@ def test_deploy_instance_is_postgres_queued_monitored_and_retried(
         assert concurrency.pool_config.pool_granularity.value == "op"
         queue = concurrency.run_queue_config
         assert queue is not None and queue.max_concurrent_runs == 4
-        assert queue.tag_concurrency_limits == [{"key": "dagster/backfill", "limit": 2}]
+        assert queue.tag_concurrency_limits == [
+            {"key": "dagster/backfill", "limit": 2},
+            {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+        ]
         # On by default; see deploy/dagster.yaml for why it does not hold our runs back.
         assert queue.should_block_op_concurrency_limited_runs
 
