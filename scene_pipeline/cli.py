@@ -31,6 +31,7 @@ from scene_pipeline.constants import (
     MAX_SCRIPT_BYTES,
     SCENE_JOB_NAME,
     SCRIPT_PARTITIONS_NAME,
+    TAG_LAUNCHED_BY,
 )
 from scene_pipeline.contract.outputs import Manifest, SourceRef, utc_now
 from scene_pipeline.contract.script import (
@@ -46,7 +47,6 @@ EXIT_OK = 0
 EXIT_NOT_COMPLETE = 1
 EXIT_INVALID = 2
 LOCAL_SOURCE_PREFIX = "local-file:"
-TAG_LAUNCHED_BY = "scene_pipeline/launched_by"
 # Which process ran a CLI run: lets the next CLI run recognise a run whose process was killed.
 TAG_CLI_HOST = "scene_pipeline/cli_host"
 TAG_CLI_PID = "scene_pipeline/cli_pid"

@@ -7,6 +7,8 @@ ASSET_GROUP: Final = "scenes"
 SCRIPT_PARTITIONS_NAME: Final = "scripts"
 SCENE_JOB_NAME: Final = "scene_job"
 KLING_POOL: Final = "kling"
+# Run tag saying what started a run: "cli", "sensor" (the UI and schedules add their own).
+TAG_LAUNCHED_BY: Final = "scene_pipeline/launched_by"
 # Op tag of the image steps: the executor limits them per run (jobs.build_scene_executor).
 IMAGE_STEP_TAG: Final = "scene_pipeline/step"
 

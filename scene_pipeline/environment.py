@@ -27,6 +27,10 @@ from scene_pipeline.constants import (
     DEFAULT_PROMPT_CAP,
 )
 from scene_pipeline.io_managers import JsonIOManager, ManifestIOManager
+from scene_pipeline.providers.kling import (
+    DEFAULT_POLL_INTERVAL_SECONDS,
+    DEFAULT_TASK_TIMEOUT_SECONDS,
+)
 from scene_pipeline.resources.kling import KlingImageMakerResource
 from scene_pipeline.resources.openai import OpenAIImagesMakerResource, OpenAIPromptWriterResource
 from scene_pipeline.resources.providers import (
@@ -143,8 +147,12 @@ def build_image_maker(env: Mapping[str, str], mode: Mode) -> ImageMakerResource:
     if mode.image_maker == "kling":
         settings: dict[str, Any] = {
             "max_concurrency": _int(env, "KLING_MAX_CONCURRENCY", DEFAULT_KLING_MAX_CONCURRENCY),
-            "task_timeout_seconds": _float(env, "KLING_TASK_TIMEOUT_SECONDS", 600.0),
-            "poll_interval_seconds": _float(env, "KLING_POLL_INTERVAL_SECONDS", 2.0),
+            "task_timeout_seconds": _float(
+                env, "KLING_TASK_TIMEOUT_SECONDS", DEFAULT_TASK_TIMEOUT_SECONDS
+            ),
+            "poll_interval_seconds": _float(
+                env, "KLING_POLL_INTERVAL_SECONDS", DEFAULT_POLL_INTERVAL_SECONDS
+            ),
         }
         if base_url := env.get("KLING_API_BASE_URL", "").strip():
             settings["base_url"] = base_url

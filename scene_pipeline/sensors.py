@@ -65,7 +65,7 @@ from dagster import (
 )
 
 from scene_pipeline.bucket import Bucket
-from scene_pipeline.constants import DEFAULT_INBOX_PREFIX
+from scene_pipeline.constants import DEFAULT_INBOX_PREFIX, TAG_LAUNCHED_BY
 from scene_pipeline.contract.outputs import RejectionReport, SourceRef
 from scene_pipeline.environment import ConfigurationError
 from scene_pipeline.intake import (
@@ -98,7 +98,6 @@ MAX_RUN_KEY_CHARS = 200
 # simply retried as fresh objects).
 MAX_TRACKED_FAILURES = 200
 
-TAG_LAUNCHED_BY = "scene_pipeline/launched_by"
 TAG_INBOX_KEY = "scene_pipeline/inbox_key"
 TAG_INBOX_ETAG = "scene_pipeline/inbox_etag"
 

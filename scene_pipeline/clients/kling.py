@@ -35,6 +35,7 @@ import httpx
 import jwt
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from scene_pipeline.constants import DEFAULT_KLING_MAX_CONCURRENCY
 from scene_pipeline.providers.errors import (
     AccountError,
     ProviderError,
@@ -65,7 +66,6 @@ DEFAULT_MAX_ATTEMPTS: Final = 6
 DEFAULT_BACKOFF_BASE_SECONDS: Final = 1.0
 DEFAULT_BACKOFF_MAX_SECONDS: Final = 30.0
 RETRY_AFTER_CAP_SECONDS: Final = 60.0
-DEFAULT_MAX_CONCURRENCY: Final = 5
 # How long a caller may wait for one of the account's task slots before giving up (transient).
 DEFAULT_SLOT_WAIT_SECONDS: Final = 3600.0
 # The lost-POST lookup reads at most pages x page size recent tasks (pageSize may be 1-500).
@@ -338,7 +338,7 @@ class KlingClient:
         secret_key: str | SecretStr,
         *,
         base_url: str = DEFAULT_BASE_URL,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_concurrency: int = DEFAULT_KLING_MAX_CONCURRENCY,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,

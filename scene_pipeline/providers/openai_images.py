@@ -27,7 +27,6 @@ from typing import Any, NoReturn
 
 import httpx
 import openai
-from openai import OpenAI
 from openai.types import ImagesResponse
 
 from scene_pipeline.contract.outputs import ImageProvenance
@@ -38,11 +37,7 @@ from scene_pipeline.providers.base import (
     TaskJournal,
 )
 from scene_pipeline.providers.errors import TransientProviderError
-from scene_pipeline.providers.openai_writer import (
-    DEFAULT_CONNECT_TIMEOUT_SECONDS,
-    DEFAULT_OPENAI_BASE_URL,
-    map_openai_error,
-)
+from scene_pipeline.providers.openai_writer import map_openai_error, openai_client
 from scene_pipeline.providers.png import as_png
 
 logger = logging.getLogger(__name__)
@@ -127,15 +122,7 @@ class OpenAIImagesMaker:
         self.identity = ProviderIdentity(
             provider="openai-images", model=model, version=IMAGE_MAKER_VERSION
         )
-        self._client = OpenAI(
-            api_key=api_key,
-            base_url=base_url or DEFAULT_OPENAI_BASE_URL,
-            timeout=httpx.Timeout(
-                timeout_seconds, connect=min(DEFAULT_CONNECT_TIMEOUT_SECONDS, timeout_seconds)
-            ),
-            max_retries=max_retries,
-            http_client=http_client,
-        )
+        self._client = openai_client(api_key, base_url, timeout_seconds, max_retries, http_client)
         self._download_client = download_client
 
     def __repr__(self) -> str:

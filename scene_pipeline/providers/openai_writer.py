@@ -441,6 +441,26 @@ def _retry_after(headers: httpx.Headers) -> float | None:
 # --- the writer --------------------------------------------------------------------------------
 
 
+def openai_client(
+    api_key: str,
+    base_url: str | None,
+    timeout_seconds: float,
+    max_retries: int,
+    http_client: httpx.Client | None,
+) -> OpenAI:
+    """The SDK client both OpenAI providers use. The base URL is passed explicitly (the SDK
+    would otherwise read OPENAI_BASE_URL itself, behind the configuration's back)."""
+    return OpenAI(
+        api_key=api_key,
+        base_url=base_url or DEFAULT_OPENAI_BASE_URL,
+        timeout=httpx.Timeout(
+            timeout_seconds, connect=min(DEFAULT_CONNECT_TIMEOUT_SECONDS, timeout_seconds)
+        ),
+        max_retries=max_retries,
+        http_client=http_client,
+    )
+
+
 class OpenAIPromptWriter:
     """PromptWriter backed by the OpenAI chat completions API (or any compatible server)."""
 
@@ -470,15 +490,7 @@ class OpenAIPromptWriter:
         self.identity = ProviderIdentity(
             provider="openai", model=model, version=PROMPT_WRITER_VERSION
         )
-        self._client = OpenAI(
-            api_key=api_key,
-            base_url=base_url or DEFAULT_OPENAI_BASE_URL,
-            timeout=httpx.Timeout(
-                timeout_seconds, connect=min(DEFAULT_CONNECT_TIMEOUT_SECONDS, timeout_seconds)
-            ),
-            max_retries=max_retries,
-            http_client=http_client,
-        )
+        self._client = openai_client(api_key, base_url, timeout_seconds, max_retries, http_client)
 
     def __repr__(self) -> str:
         return f"OpenAIPromptWriter(model={self.model!r}, base_url={str(self._client.base_url)!r})"
