@@ -79,3 +79,20 @@ def test_announced_endpoints_never_show_credentials_in_urls() -> None:
     text = "\n".join(lines)
     assert "proxy.example/v1" in text and "127.0.0.1:9000" in text
     assert "secret" not in text
+
+
+def test_provider_resources_never_show_their_keys_in_repr() -> None:
+    from scene_pipeline.resources.kling import KlingImageMakerResource
+    from scene_pipeline.resources.openai import (
+        OpenAIImagesMakerResource,
+        OpenAIPromptWriterResource,
+    )
+
+    resources = [
+        OpenAIPromptWriterResource(api_key="sk-key-secret"),
+        OpenAIImagesMakerResource(api_key="sk-key-secret"),
+        KlingImageMakerResource(access_key="ak-key-secret", secret_key="sk-key-secret"),
+    ]
+    for resource in resources:
+        shown = repr(resource.process_config_and_initialize())
+        assert "key-secret" not in shown and "**********" in shown

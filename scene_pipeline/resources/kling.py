@@ -15,7 +15,7 @@ show the variable names only:
 
 import hashlib
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -37,8 +37,6 @@ from scene_pipeline.providers.kling import (
 )
 from scene_pipeline.resources.providers import ImageMakerResource
 
-_SECRET_FIELDS = frozenset({"access_key", "secret_key"})
-
 # One client per process and configuration: it keeps its JWT and its connection pool across
 # the many steps (and resource instances) of a run. The key holds a hash, never the keys.
 _CLIENTS: dict[tuple[Any, ...], KlingClient] = {}
@@ -47,6 +45,8 @@ _CLIENTS_LOCK = threading.Lock()
 
 class KlingImageMakerResource(ImageMakerResource):
     """Draws scene pictures with KLING's text-to-image API (KLING_ACCESS_KEY, KLING_SECRET_KEY)."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"access_key", "secret_key"})
 
     access_key: str = Field(
         description="KLING access key. Pass dg.EnvVar('KLING_ACCESS_KEY'), never a literal,"
@@ -105,11 +105,6 @@ class KlingImageMakerResource(ImageMakerResource):
         le=20,
         description="Attempts of one request on retryable errors before the step is retried.",
     )
-
-    def __repr_args__(self) -> Any:
-        # The resolved keys must not show up in reprs (logs, tracebacks, debuggers).
-        for name, value in super().__repr_args__():
-            yield name, ("**********" if name in _SECRET_FIELDS else value)
 
     def get_client(self) -> KlingClient:
         """The process-wide client of this configuration."""

@@ -8,6 +8,7 @@ creation to build the config schema, and string annotations break that.
 """
 
 from functools import lru_cache
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -60,6 +61,8 @@ def _maker(
 class OpenAIPromptWriterResource(PromptWriterResource):
     """Character sheets and scene prompts written by an OpenAI chat model."""
 
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"api_key"})
+
     api_key: str = Field(description="OpenAI API key (OPENAI_API_KEY); pass it as an EnvVar.")
     base_url: str | None = Field(
         default=None,
@@ -93,6 +96,8 @@ class OpenAIPromptWriterResource(PromptWriterResource):
 
 class OpenAIImagesMakerResource(ImageMakerResource):
     """Pictures drawn by an OpenAI-compatible images API (gpt-image-1 or a self-hosted one)."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"api_key"})
 
     api_key: str = Field(
         description="Images API key (OPENAI_IMAGES_API_KEY, else OPENAI_API_KEY); pass it as an"

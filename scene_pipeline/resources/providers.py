@@ -1,6 +1,7 @@
 """Resources that choose a prompt writer and an image maker; the assets see only these bases."""
 
 from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -10,7 +11,18 @@ from scene_pipeline.providers.base import ImageMaker, PromptWriter, ProviderIden
 from scene_pipeline.providers.offline import PlaceholderImageMaker, TemplatePromptWriter
 
 
-class PromptWriterResource(ConfigurableResource, ABC):
+class ProviderResource(ConfigurableResource, ABC):
+    """A provider's configuration; the fields named in `secret_fields` hold keys."""
+
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def __repr_args__(self) -> Any:
+        # Resolved keys must not show up in reprs (logs, tracebacks, debuggers).
+        for name, value in super().__repr_args__():
+            yield name, ("**********" if name in self.secret_fields else value)
+
+
+class PromptWriterResource(ProviderResource):
     """Writes the character sheet and one English image prompt per scene."""
 
     max_prompt_chars: int = Field(
@@ -29,7 +41,7 @@ class PromptWriterResource(ConfigurableResource, ABC):
         return self.get_writer().identity
 
 
-class ImageMakerResource(ConfigurableResource, ABC):
+class ImageMakerResource(ProviderResource):
     """Draws one picture per scene prompt."""
 
     @abstractmethod
