@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:  # scene_pipeline_tests is not installed, only imp
 
 from scene_pipeline_tests.fakes.kling import FakeKlingServer  # noqa: E402
 from scene_pipeline_tests.fakes.openai import FakeOpenAIServer  # noqa: E402
+from scene_pipeline_tests.resilience import script_document, write_script  # noqa: E402,F401
 
 CLI = str(Path(sys.executable).with_name("scene-pipeline"))
 
@@ -93,41 +94,6 @@ def machine_line() -> str:
 
 
 # -- scripts ----------------------------------------------------------------------------------
-
-
-def make_script(script_id: str, scenes: int, title: str | None = None) -> dict[str, Any]:
-    """A script document with `scenes` scenes of narration and dialogue, two characters."""
-    return {
-        "script_metadata": {
-            "script_id": script_id,
-            "title": title or f"벤치마크 {script_id}",
-            "characters": [
-                {"name": "민수", "gender": 0, "description": "안경을 쓴 회사원, 남색 정장"},
-                {"name": "할머니", "gender": 1, "description": "백발, 빨간 우산"},
-            ],
-        },
-        "scenes": [
-            {
-                "scene_id": i,
-                "audios": [
-                    {"type": "narration", "character": "narration", "text": f"장면 {i}의 밤."},
-                    {
-                        "type": "dialogue",
-                        "character": "민수" if i % 2 else "할머니",
-                        "text": f"대사 {i}: 오늘은 버스가 늦네.",
-                        "emotion": "calm",
-                    },
-                ],
-            }
-            for i in range(1, scenes + 1)
-        ],
-        "options": {"style": "ghibli", "aspect_ratio": "9:16"},
-    }
-
-
-def write_script(path: Path, document: Mapping[str, Any]) -> Path:
-    path.write_text(json.dumps(document, ensure_ascii=False), "utf-8")
-    return path
 
 
 # -- fakes and environments -------------------------------------------------------------------

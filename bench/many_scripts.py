@@ -36,8 +36,8 @@ from _common import (
     fake_providers,
     kill_group,
     machine_line,
-    make_script,
     provider_env,
+    script_document,
     stop_on_sigterm,
     temp_dir,
     write_dagster_yaml,
@@ -121,7 +121,7 @@ def measure(
             staged = tmp / "staged"
             staged.mkdir()
             for script_id in ids:
-                document = make_script(script_id, scenes)
+                document = script_document(script_id, scenes)
                 (staged / f"{script_id}.json").write_text(json.dumps(document, ensure_ascii=False))
             started = time.perf_counter()
             for path in staged.iterdir():  # a rename each: the sensor never sees half a file

@@ -23,9 +23,9 @@ from _common import (
     fake_providers,
     fmt_table,
     machine_line,
-    make_script,
     provider_env,
     run_cli,
+    script_document,
     stop_on_sigterm,
     temp_dir,
     write_dagster_yaml,
@@ -40,7 +40,7 @@ def measure(scenes: int, limit: int = 8, latency: float = 0.2) -> dict[str, Any]
         script = tmp / "script.json"
         import json
 
-        script.write_text(json.dumps(make_script(f"mem-{scenes}", scenes), ensure_ascii=False))
+        script.write_text(json.dumps(script_document(f"mem-{scenes}", scenes), ensure_ascii=False))
         run = run_cli(script, env, tmp, sample_memory=True, timeout=1800)
         if run.returncode != 0:
             raise RuntimeError(f"run failed ({run.returncode}): {run.stderr[-3000:]}")

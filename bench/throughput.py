@@ -31,11 +31,11 @@ from _common import (
     fake_providers,
     fmt_table,
     machine_line,
-    make_script,
     median,
     provider_env,
     read_run_times,
     run_cli,
+    script_document,
     step_overhead,
     stop_on_sigterm,
     temp_dir,
@@ -100,7 +100,7 @@ def measure(
         home = tmp / "dagster_home"
         write_dagster_yaml(home, limit, noop_compute_logs=noop_compute_logs)
         env = provider_env(kling, openai, tmp / "storage", limit, poll, dagster_home=home)
-        script = write_script(tmp / "script.json", make_script(f"bench-n{scenes}", scenes))
+        script = write_script(tmp / "script.json", script_document(f"bench-n{scenes}", scenes))
         first = run_cli(script, env, tmp, timeout=1800)
         if first.returncode != 0 or first.run_id is None:
             raise RuntimeError(f"run failed ({first.returncode}): {first.stderr[-3000:]}")

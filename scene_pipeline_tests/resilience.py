@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,14 @@ CLI = str(Path(sys.executable).with_name("scene-pipeline"))
 REPO = Path(__file__).resolve().parents[1]
 
 
-def script_document(script_id: str, scenes: int, *, marker: str = "") -> dict[str, Any]:
-    """A small script of `scenes` scenes in the canonical shape (Korean text, two people)."""
+def script_document(
+    script_id: str, scenes: int, *, emotions: Mapping[int, str] | None = None
+) -> dict[str, Any]:
+    """A script of `scenes` scenes in the canonical shape (Korean text, two people).
+
+    `emotions` sets a scene's dialogue emotion: the fake OpenAI copies emotions into the
+    prompt, so a fault marker there reaches the fake KLING."""
+    emotions = emotions or {}
     return {
         "script_metadata": {
             "script_id": script_id,
@@ -41,8 +47,8 @@ def script_document(script_id: str, scenes: int, *, marker: str = "") -> dict[st
                     {
                         "type": "dialogue",
                         "character": "민수" if i % 2 else "할머니",
-                        "text": f"대사 {i} {marker}".strip(),
-                        "emotion": "calm",
+                        "text": f"대사 {i}",
+                        "emotion": emotions.get(i, "calm"),
                     },
                 ],
             }

@@ -11,41 +11,15 @@ import pytest
 
 from .fakes.kling import FakeKlingServer
 from .fakes.openai import FakeOpenAIServer
+from .resilience import script_document
 from .test_cli import cli
 
 SCENES = 6
 
 
 def script(marked: dict[int, str] | None = None) -> dict[str, Any]:
-    """A 6-scene script; `marked` puts a fault marker into a scene's emotion (the fake OpenAI
-    copies emotions into the prompt, the fake KLING reacts to markers in prompts)."""
-    marked = marked or {}
-    return {
-        "script_metadata": {
-            "script_id": "e2e",
-            "title": "밤의 정류장",
-            "characters": [
-                {"name": "민수", "gender": 0, "description": "안경을 쓴 회사원, 남색 정장"},
-                {"name": "할머니", "gender": 1, "description": "백발, 빨간 우산"},
-            ],
-        },
-        "scenes": [
-            {
-                "scene_id": i,
-                "audios": [
-                    {"type": "narration", "character": "narration", "text": f"장면 {i}의 밤."},
-                    {
-                        "type": "dialogue",
-                        "character": "민수" if i % 2 else "할머니",
-                        "text": f"대사 {i}",
-                        "emotion": marked.get(i, "calm"),
-                    },
-                ],
-            }
-            for i in range(1, SCENES + 1)
-        ],
-        "options": {"style": "ghibli", "aspect_ratio": "9:16"},
-    }
+    """The 6-scene script; `marked` puts a fault marker into a scene's emotion."""
+    return script_document("e2e", SCENES, emotions=marked)
 
 
 @pytest.fixture
