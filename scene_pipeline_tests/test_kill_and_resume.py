@@ -119,10 +119,10 @@ def assert_paid_once_and_complete(
         assert record["image"]["task_id"] == journaled[scene["scene_id"]]
 
 
-def test_reexecution_from_failure_polls_the_tasks_paid_before_the_kill(
-    tmp_path: Path, fakes: tuple[FakeOpenAIServer, FakeKlingServer]
-) -> None:
-    openai, kling = fakes
+def dagster_home_env(
+    tmp_path: Path, openai: FakeOpenAIServer, kling: FakeKlingServer
+) -> tuple[Path, Path, dict[str, str]]:
+    """A DAGSTER_HOME and a storage folder under tmp_path, and the CLI's environment."""
     home, storage = tmp_path / "dagster_home", tmp_path / "storage"
     home.mkdir()
     env = fake_env(
@@ -133,6 +133,14 @@ def test_reexecution_from_failure_polls_the_tasks_paid_before_the_kill(
         KLING_MAX_CONCURRENCY=str(SCENES),
         KLING_TASK_TIMEOUT_SECONDS="60",
     )
+    return home, storage, env
+
+
+def test_reexecution_from_failure_polls_the_tasks_paid_before_the_kill(
+    tmp_path: Path, fakes: tuple[FakeOpenAIServer, FakeKlingServer]
+) -> None:
+    openai, kling = fakes
+    home, storage, env = dagster_home_env(tmp_path, openai, kling)
     script = write_script(tmp_path / "script.json", script_document(SCRIPT_ID, SCENES))
     journaled = kill_while_tasks_are_in_flight(tmp_path, kling, env, script)
 
@@ -197,16 +205,7 @@ def test_after_a_kill_the_next_cli_run_on_the_same_dagster_home_is_not_blocked(
     tmp_path: Path, fakes: tuple[FakeOpenAIServer, FakeKlingServer]
 ) -> None:
     openai, kling = fakes
-    home, storage = tmp_path / "dagster_home", tmp_path / "storage"
-    home.mkdir()
-    env = fake_env(
-        openai,
-        kling,
-        DAGSTER_HOME=str(home),
-        SCENE_PIPELINE_LOCAL_DIR=str(storage),
-        KLING_MAX_CONCURRENCY=str(SCENES),
-        KLING_TASK_TIMEOUT_SECONDS="60",
-    )
+    home, storage, env = dagster_home_env(tmp_path, openai, kling)
     script = write_script(tmp_path / "script.json", script_document(SCRIPT_ID, SCENES))
     kill_while_tasks_are_in_flight(tmp_path, kling, env, script)
     let_tasks_finish(kling)
