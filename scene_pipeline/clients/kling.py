@@ -41,6 +41,7 @@ from scene_pipeline.providers.errors import (
     ProviderError,
     SceneRejectedError,
     TransientProviderError,
+    retry_after_seconds,
 )
 
 logger = logging.getLogger(__name__)
@@ -526,7 +527,7 @@ class KlingClient:
             meaning = RETRYABLE_CODES.get(code or 0, f"HTTP {status}")
             return KlingTransientError(
                 f"KLING {what}: {meaning} (HTTP {status}, code {code}){suffix}",
-                retry_after=_retry_after(response),
+                retry_after=retry_after_seconds(response.headers),
                 ambiguous=status >= 500 or code in _AMBIGUOUS_CODES or status < 400,
                 **common,
             )
@@ -731,7 +732,7 @@ class KlingClient:
                 raise KlingTransientError(
                     f"KLING image download: HTTP {response.status_code}",
                     http_status=response.status_code,
-                    retry_after=_retry_after(response),
+                    retry_after=retry_after_seconds(response.headers),
                 )
             if not response.content or len(response.content) > MAX_IMAGE_BYTES:
                 raise KlingTransientError(
@@ -748,14 +749,6 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP date: rare enough to ignore; our own back-off still applies
 
 
 def _gave_up(err: KlingTransientError, attempts: int) -> KlingTransientError:

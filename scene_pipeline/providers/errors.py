@@ -6,6 +6,23 @@ signed URLs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The wait a rate-limited answer asks for (`retry-after-ms` or `retry-after` seconds)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) * scale
+        except ValueError:
+            continue  # an HTTP date: rare for APIs; the caller's own back-off applies
+        if value >= 0:
+            return value
+    return None
+
 
 class ProviderError(Exception):
     """Base class; `str(err)` is a short, secret-free message."""

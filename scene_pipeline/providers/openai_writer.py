@@ -50,6 +50,7 @@ from scene_pipeline.providers.errors import (
     ProviderError,
     SceneRejectedError,
     TransientProviderError,
+    retry_after_seconds,
 )
 from scene_pipeline.providers.prompting import (
     DEFAULT_STYLE_PHRASE,
@@ -392,7 +393,7 @@ def map_openai_error(err: openai.OpenAIError, what: str, secret: str | None) -> 
             return AccountError(f"{what}: OpenAI quota exhausted ({_detail(err, secret)})")
         return TransientProviderError(
             f"{what}: rate limited ({_detail(err, secret)})",
-            retry_after=_retry_after(err.response.headers),
+            retry_after=retry_after_seconds(err.response.headers),
         )
     if isinstance(err, (openai.AuthenticationError, openai.PermissionDeniedError)):
         return AccountError(f"{what}: the API key was not accepted ({_detail(err, secret)})")
@@ -422,20 +423,6 @@ def map_openai_error(err: openai.OpenAIError, what: str, secret: str | None) -> 
         # Other 4xx: this request cannot succeed as sent (e.g. context too long).
         return SceneRejectedError(f"{what}: request rejected ({_detail(err, secret)})")
     return TransientProviderError(f"{what}: {type(err).__name__}")
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw) * scale
-        except ValueError:
-            continue  # an HTTP date: rare for APIs; leave the delay to the RetryPolicy
-        if value >= 0:
-            return value
-    return None
 
 
 # --- the writer --------------------------------------------------------------------------------
