@@ -98,14 +98,18 @@ def resolve_mode(env: Mapping[str, str]) -> Mode:
     )
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
+    """The integer setting `name`, `default` when unset; ConfigurationError when invalid."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ConfigurationError(f"{name}={raw!r} must be at least {minimum}")
+    return value
 
 
 def build_storage(env: Mapping[str, str]) -> StorageResource:
@@ -132,7 +136,7 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def build_prompt_writer(env: Mapping[str, str], mode: Mode) -> PromptWriterResource:
-    cap = _int(env, "SCENE_PIPELINE_PROMPT_MAX_CHARS", DEFAULT_PROMPT_CAP)
+    cap = env_int(env, "SCENE_PIPELINE_PROMPT_MAX_CHARS", DEFAULT_PROMPT_CAP)
     if mode.prompt_writer == "offline":
         return OfflinePromptWriterResource(max_prompt_chars=cap)
     settings: dict[str, Any] = {"max_prompt_chars": cap}
@@ -146,7 +150,7 @@ def build_prompt_writer(env: Mapping[str, str], mode: Mode) -> PromptWriterResou
 def build_image_maker(env: Mapping[str, str], mode: Mode) -> ImageMakerResource:
     if mode.image_maker == "kling":
         settings: dict[str, Any] = {
-            "max_concurrency": _int(env, "KLING_MAX_CONCURRENCY", DEFAULT_KLING_MAX_CONCURRENCY),
+            "max_concurrency": env_int(env, "KLING_MAX_CONCURRENCY", DEFAULT_KLING_MAX_CONCURRENCY),
             "task_timeout_seconds": _float(
                 env, "KLING_TASK_TIMEOUT_SECONDS", DEFAULT_TASK_TIMEOUT_SECONDS
             ),
@@ -178,7 +182,7 @@ def build_image_maker(env: Mapping[str, str], mode: Mode) -> ImageMakerResource:
 
 def image_steps_per_run(env: Mapping[str, str]) -> int:
     """Image steps one run starts at once: the account's parallel-task limit."""
-    return max(1, _int(env, "KLING_MAX_CONCURRENCY", DEFAULT_KLING_MAX_CONCURRENCY))
+    return max(1, env_int(env, "KLING_MAX_CONCURRENCY", DEFAULT_KLING_MAX_CONCURRENCY))
 
 
 def nightly_settings(env: Mapping[str, str]) -> dict[str, Any]:
@@ -193,7 +197,7 @@ def nightly_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "cron": env.get("SCENE_PIPELINE_NIGHTLY_CRON", "").strip() or DEFAULT_NIGHTLY_CRON,
         "timezone": env.get("SCENE_PIPELINE_NIGHTLY_TIMEZONE", "").strip()
         or DEFAULT_NIGHTLY_TIMEZONE,
-        "max_runs": _int(env, "SCENE_PIPELINE_NIGHTLY_MAX_RUNS", DEFAULT_NIGHTLY_MAX_RUNS),
+        "max_runs": env_int(env, "SCENE_PIPELINE_NIGHTLY_MAX_RUNS", DEFAULT_NIGHTLY_MAX_RUNS),
     }
 
 

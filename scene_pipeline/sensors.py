@@ -67,7 +67,7 @@ from dagster import (
 from scene_pipeline.bucket import Bucket
 from scene_pipeline.constants import DEFAULT_INBOX_PREFIX, TAG_LAUNCHED_BY
 from scene_pipeline.contract.outputs import RejectionReport, SourceRef
-from scene_pipeline.environment import ConfigurationError
+from scene_pipeline.environment import ConfigurationError, env_int
 from scene_pipeline.intake import (
     Accepted,
     is_oversize,
@@ -116,8 +116,8 @@ class InboxSettings:
         prefix = env.get(INBOX_PREFIX_ENV, "").strip() or DEFAULT_INBOX_PREFIX
         return cls(
             prefix=check_inbox_prefix(prefix),
-            max_per_tick=_positive_int(env, MAX_PER_TICK_ENV, DEFAULT_MAX_PER_TICK),
-            interval_seconds=_positive_int(env, INTERVAL_ENV, DEFAULT_INTERVAL_SECONDS),
+            max_per_tick=env_int(env, MAX_PER_TICK_ENV, DEFAULT_MAX_PER_TICK, minimum=1),
+            interval_seconds=env_int(env, INTERVAL_ENV, DEFAULT_INTERVAL_SECONDS, minimum=1),
         )
 
 
@@ -138,19 +138,6 @@ def check_inbox_prefix(prefix: str) -> str:
     if problem:
         raise ConfigurationError(f"{INBOX_PREFIX_ENV}={prefix!r} {problem}")
     return prefix
-
-
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not an integer") from None
-    if value < 1:
-        raise ConfigurationError(f"{name}={raw!r} must be at least 1")
-    return value
 
 
 # -- cursor and seen set ----------------------------------------------------------------------
