@@ -1,4 +1,5 @@
-"""Literal constants shared across the package. Nothing here reads the environment."""
+"""Literal constants shared across the package. Nothing here reads the environment: every
+setting (and its default) is a field of `scene_pipeline.settings.Settings`."""
 
 from typing import Final
 
@@ -6,11 +7,13 @@ from typing import Final
 ASSET_GROUP: Final = "scenes"
 SCRIPT_PARTITIONS_NAME: Final = "scripts"
 SCENE_JOB_NAME: Final = "scene_job"
+# The Dagster pool whose slots stand for the KLING account's parallel tasks.
 KLING_POOL: Final = "kling"
-# Run tag saying what started a run: "cli", "sensor" (the UI and schedules add their own).
-TAG_LAUNCHED_BY: Final = "scene_pipeline/launched_by"
-# Op tag of the image steps: the executor limits them per run (jobs.build_scene_executor).
-IMAGE_STEP_TAG: Final = "scene_pipeline/step"
+
+# Run tags.
+TAG_LAUNCHED_BY: Final = "scene_pipeline/launched_by"  # "cli", "sensor", "nightly"
+TAG_LEASE: Final = "scene_pipeline/lease"  # the lease token a CLI run holds for its script
+TAG_PARTITION: Final = "dagster/partition"
 
 # Contract limits (../shared/contract/script-input.md).
 MAX_SCRIPT_BYTES: Final = 5 * 1024 * 1024
@@ -20,20 +23,10 @@ KLING_ASPECT_RATIOS: Final = ("16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3",
 DEFAULT_ASPECT_RATIO: Final = "9:16"
 NARRATOR: Final = "narration"
 
-# KLING accepts prompts up to 2500 characters; we keep a margin by default.
+# KLING accepts prompts up to 2500 characters.
 KLING_PROMPT_LIMIT: Final = 2500
-DEFAULT_PROMPT_CAP: Final = 1500
+# KLING's multi-image endpoint takes at most this many subject images.
+KLING_MAX_REFERENCES: Final = 4
 
 # The earlier service's negative prompt (../shared/reference/openai.md).
 BASE_NEGATIVE_PROMPT: Final = "low quality, bad anatomy, blurry, pixelated, disfigured"
-
-# Defaults of the environment settings (see README, "Configuration").
-DEFAULT_LOCAL_DIR: Final = "./.scene_pipeline/storage"
-DEFAULT_INBOX_PREFIX: Final = "scripts/incoming/"
-DEFAULT_KLING_MAX_CONCURRENCY: Final = 5
-
-# Per-step retries: transient provider errors are retried by Dagster's RetryPolicy; after the
-# last retry the scene is recorded as failed so that the manifest still materializes.
-PROMPT_STEP_MAX_RETRIES: Final = 3
-IMAGE_STEP_MAX_RETRIES: Final = 3
-RETRY_DELAY_SECONDS: Final = 2.0

@@ -1,42 +1,41 @@
-"""The job that materializes a script's assets, and the executor every run uses."""
+"""`scene_job`, the one job: it materializes a script's assets. Its executor config is
+chosen per run: multiprocess (the default: one process per step, render steps in parallel),
+or in-process for a run with a single scene to draw (`scene-pipeline run` chooses it: no
+step processes to start)."""
 
 from __future__ import annotations
 
-from dagster import AssetSelection, ExecutorDefinition, define_asset_job, multiprocess_executor
+from typing import Any
 
-from scene_pipeline.constants import ASSET_GROUP, IMAGE_STEP_TAG, SCENE_JOB_NAME
+from dagster import AssetSelection, define_asset_job
 
-# Steps other than image steps (prompts, collectors) that may run beside them. Measured on 2
-# cores (bench/RESULTS.md): 16 prompt processes started at once cost more in contention than
-# they gained, and delayed the first image.
-OTHER_STEPS_AT_ONCE = 4
+from scene_pipeline.constants import ASSET_GROUP, SCENE_JOB_NAME
+
+# Steps other than those waiting on KLING: plan, portraits' collection, publish, and a prompt
+# being written for the next scene while every slot is busy.
+EXTRA_STEPS = 2
 
 
-def build_scene_executor(image_steps: int) -> ExecutorDefinition:
-    """The multiprocess executor of scene_job.
-
-    Image steps wait on KLING, not the CPU, so a run starts as many as the account allows
-    (`image_steps`, KLING_MAX_CONCURRENCY) plus a few others: well above the core count. The
-    `kling` pool still bounds image steps across all runs; the executor's own tag limit just
-    keeps steps that could not get a slot from being started only to wait for one (the pool
-    re-checks slowly). Forkserver with preloaded modules keeps each step's start-up cost low.
-    """
-    return multiprocess_executor.configured(
-        {
-            "max_concurrent": image_steps + OTHER_STEPS_AT_ONCE,
-            "tag_concurrency_limits": [
-                {"key": IMAGE_STEP_TAG, "value": "image", "limit": image_steps}
-            ],
+def multiprocess_config(kling_limit: int) -> dict[str, Any]:
+    """A run starts as many steps as the account has slots, plus a few: render steps wait
+    for KLING, not for the CPU, and the next one writes its prompt while the others draw."""
+    return {
+        "multiprocess": {
+            "max_concurrent": kling_limit + EXTRA_STEPS,
+            # Forkserver with preloaded modules keeps each step's start-up cost low.
             "start_method": {"forkserver": {"preload_modules": ["scene_pipeline._preload"]}},
-        },
-        name="scene_executor",
+        }
+    }
+
+
+IN_PROCESS_CONFIG: dict[str, Any] = {"in_process": {}}
+
+
+def build_scene_job(kling_limit: int) -> Any:
+    return define_asset_job(
+        SCENE_JOB_NAME,
+        selection=AssetSelection.groups(ASSET_GROUP),
+        description="Materialize one script: character sheet, portraits, one prompt and one"
+        " picture per scene that needs work, manifest. Options: the plan_script config.",
+        config={"execution": {"config": multiprocess_config(kling_limit)}},
     )
-
-
-# The executor comes from Definitions (built from the environment in definitions.py).
-scene_job = define_asset_job(
-    SCENE_JOB_NAME,
-    selection=AssetSelection.groups(ASSET_GROUP),
-    description="Materialize one script: validated script, character sheet, one prompt and"
-    " one image per scene, manifest. Rerun chosen scenes with the plan_scenes config.",
-)

@@ -1,6 +1,12 @@
-"""nightly_regeneration_schedule: rerun scripts with failed or stale scenes, a bounded number
-per night; complete, up-to-date scripts are never requested (a run of them would cost nothing,
-but it would still fill the run queue)."""
+"""`nightly_regeneration_schedule`: runs the scripts that have something to draw, failed
+scenes first, within a budget of runs and of paid images per night (core/nightly.py).
+Complete, up-to-date scripts are never requested; scripts with a run in progress or held by
+another holder (a CLI run) are left alone."""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from dagster import (
     DagsterRunStatus,
@@ -13,16 +19,24 @@ from dagster import (
     schedule,
 )
 
-from scene_pipeline.constants import SCENE_JOB_NAME, SCRIPT_PARTITIONS_NAME
+from scene_pipeline.constants import (
+    SCENE_JOB_NAME,
+    SCRIPT_PARTITIONS_NAME,
+    TAG_LAUNCHED_BY,
+    TAG_PARTITION,
+)
 from scene_pipeline.contract.outputs import utc_now
-from scene_pipeline.jobs import scene_job
-from scene_pipeline.regeneration import ScriptHealth, check_scripts
-from scene_pipeline.resources.providers import ImageMakerResource, PromptWriterResource
-from scene_pipeline.resources.storage import StorageResource
+from scene_pipeline.core import leases
+from scene_pipeline.core.nightly import check_scripts, plan_night
+from scene_pipeline.resources.bucket import BucketResource
+from scene_pipeline.resources.pipeline import PipelineResource
+from scene_pipeline.resources.providers import (
+    ImageMakerResource,
+    PromptWriterResource,
+    planning_providers,
+)
+from scene_pipeline.settings import Settings
 
-DEFAULT_NIGHTLY_CRON = "0 3 * * *"
-DEFAULT_NIGHTLY_TIMEZONE = "Asia/Seoul"
-DEFAULT_NIGHTLY_MAX_RUNS = 50
 IN_PROGRESS = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -31,70 +45,62 @@ IN_PROGRESS = [
 ]
 
 
-def _priority(health: ScriptHealth) -> tuple[int, str]:
-    # Failed scenes first (someone is waiting for them), then stale ones.
-    return (0 if health.failed or health.never_finished else 1, health.script_id)
+def build_nightly_schedule(settings: Settings, job: Any) -> ScheduleDefinition:
+    timezone = settings.nightly_timezone
 
-
-def build_nightly_schedule(
-    cron: str = DEFAULT_NIGHTLY_CRON,
-    timezone: str = DEFAULT_NIGHTLY_TIMEZONE,
-    max_runs: int = DEFAULT_NIGHTLY_MAX_RUNS,
-) -> ScheduleDefinition:
     @schedule(
         name="nightly_regeneration_schedule",
-        cron_schedule=cron,
+        cron_schedule=settings.nightly_cron,
         execution_timezone=timezone,
-        job=scene_job,
+        job=job,
         default_status=DefaultScheduleStatus.RUNNING,
-        description=f"Every night ({cron}, {timezone}): one run for each script with failed,"
-        f" pending or stale scenes, at most {max_runs} per night. Each run redoes only those"
-        " scenes; unchanged images are reused.",
+        description=f"Every night ({settings.nightly_cron}, {timezone}): one run per script with"
+        f" failed, pending or changed scenes, failed first; at most {settings.nightly_max_runs}"
+        f" runs and {settings.nightly_max_images} paid images per night.",
     )
     def nightly_regeneration_schedule(
         context: ScheduleEvaluationContext,
-        storage: StorageResource,
+        bucket: BucketResource,
         prompt_writer: PromptWriterResource,
         image_maker: ImageMakerResource,
+        pipeline: PipelineResource,
     ) -> list[RunRequest] | SkipReason:
-        # A script with a run queued or in progress is left alone: a second run would pay for
-        # the same scenes (a first run still queued has no manifest yet, so it looks failed).
+        store = bucket.get_bucket()
         busy = {
-            run.tags.get("dagster/partition")
+            run.tags.get(TAG_PARTITION)
             for run in context.instance.get_runs(
                 RunsFilter(job_name=SCENE_JOB_NAME, statuses=IN_PROGRESS)
             )
         }
         script_ids = [
-            script_id
-            for script_id in context.instance.get_dynamic_partitions(SCRIPT_PARTITIONS_NAME)
-            if script_id not in busy
+            sid
+            for sid in context.instance.get_dynamic_partitions(SCRIPT_PARTITIONS_NAME)
+            if sid not in busy and leases.holder(store, sid) is None
         ]
-        checked = check_scripts(
-            storage.get_bucket(), script_ids, prompt_writer.identity, image_maker.identity
+        needs = check_scripts(
+            store, script_ids, planning_providers(prompt_writer, image_maker), pipeline.redraw_stale
         )
-        for health in checked:
-            if health.unreadable:
-                context.log.warning(f"script {health.script_id} skipped: {health.unreadable}")
-        due = sorted((h for h in checked if h.needs_work and not h.unreadable), key=_priority)
-        if not due:
-            return SkipReason(f"all {len(checked)} script(s) are complete and up to date")
-        if len(due) > max_runs:
-            context.log.warning(
-                f"{len(due)} scripts need work; requesting {max_runs} tonight, the rest later"
-            )
-        night = (context.scheduled_execution_time or utc_now()).strftime("%Y-%m-%d")
+        for item in needs:
+            if item.unreadable:
+                context.log.warning(f"script {item.script_id} skipped: {item.unreadable}")
+        requests = plan_night(needs, settings.nightly_max_runs, settings.nightly_max_images)
+        if not requests:
+            return SkipReason(f"none of {len(needs)} script(s) has anything to draw")
+        when = (context.scheduled_execution_time or utc_now()).astimezone(ZoneInfo(timezone))
+        night = when.strftime("%Y-%m-%d")
         return [
             RunRequest(
-                partition_key=health.script_id,
+                partition_key=r.script_id,
                 # One run per script per night, however often the tick is evaluated.
-                run_key=f"nightly:{night}:{health.script_id}",
-                tags={
-                    "scene_pipeline/trigger": "nightly",
-                    "scene_pipeline/reason": health.reason(),
-                },
+                run_key=f"nightly:{night}:{r.script_id}",
+                run_config=scene_selection_config(r.scene_ids),
+                tags={TAG_LAUNCHED_BY: "nightly", "scene_pipeline/reason": r.reason[:200]},
             )
-            for health in due[:max_runs]
+            for r in requests
         ]
 
     return nightly_regeneration_schedule
+
+
+def scene_selection_config(scene_ids: list[str]) -> dict:
+    return {"ops": {"scenes": {"ops": {"plan_script": {"config": {"scene_ids": scene_ids}}}}}}

@@ -1,11 +1,9 @@
-"""The per-script asset graph: script_document -> character_sheet -> scene_prompts ->
-scene_images -> manifest, every asset partitioned by script id."""
+"""The per-script assets: `script_document` (external, from the intake) and the five assets
+of the `scenes` graph. Every asset is partitioned by script id."""
 
-from scene_pipeline.assets.character_sheet import character_sheet
-from scene_pipeline.assets.manifest import manifest
-from scene_pipeline.assets.scenes import scenes
+from scene_pipeline.assets.graph import script_assets
 from scene_pipeline.assets.script import script_document
 
-all_assets = [script_document, character_sheet, scenes, manifest]
+all_assets = [script_document, script_assets]
 
-__all__ = ["all_assets", "character_sheet", "manifest", "scenes", "script_document"]
+__all__ = ["all_assets", "script_assets", "script_document"]

@@ -1,30 +1,34 @@
-"""script_document: the latest accepted version of a script, validated and normalised."""
+"""`script_document`: the latest accepted version of a script, validated and normalised.
 
-from dagster import AssetExecutionContext, Failure, MetadataValue, Output, asset
+An external asset: the inbox sensor and the CLI write the accepted copy and report its
+materialization (with the source object and its ETag), so that a run does not spend a step
+on it; runs load it with the `script_io_manager`.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetMaterialization, AssetSpec, MetadataValue
 
 from scene_pipeline.constants import ASSET_GROUP
 from scene_pipeline.models import AcceptedScript
 from scene_pipeline.partitions import script_partitions
-from scene_pipeline.resources.storage import StorageResource
-from scene_pipeline.storage import layout
+
+script_document = AssetSpec(
+    "script_document",
+    partitions_def=script_partitions,
+    group_name=ASSET_GROUP,
+    kinds={"json"},
+    description="The validated, normalised script of a partition, as accepted from the inbox"
+    " (or `scene-pipeline run`); stored at pipeline/scripts/{script_id}.json.",
+).with_io_manager_key("script_io_manager")
 
 
-@asset(partitions_def=script_partitions, group_name=ASSET_GROUP, kinds={"json"})
-def script_document(
-    context: AssetExecutionContext, storage: StorageResource
-) -> Output[AcceptedScript]:
-    """The validated, normalised script of this partition (accepted by the sensor or the CLI)."""
-    script_id = layout.script_segment(context.partition_key)
-    accepted = storage.get_bucket().read_accepted(script_id)
-    if accepted is None:
-        raise Failure(
-            description=f"No accepted script {script_id}: drop it into the inbox or run"
-            " `scene-pipeline run FILE`.",
-            allow_retries=False,
-        )
+def accepted_event(accepted: AcceptedScript) -> AssetMaterialization:
+    """The materialization the intake reports for a newly accepted version."""
     script = accepted.script
-    return Output(
-        accepted,
+    return AssetMaterialization(
+        asset_key="script_document",
+        partition=script.script_id,
         metadata={
             "title": script.title,
             "scenes": len(script.scenes),

@@ -67,21 +67,47 @@ class ImageProvenance(_Model):
     height: int | None = None
 
 
-class GenerationRecord(_Model):
-    """`results/{script_id}/scenes/{scene_id}/{generation}.json`: one drawn image."""
+PromptSource = Literal["written", "override"]
+PortraitSource = Literal["drawn", "uploaded"]
+
+
+class ImageRecord(_Model):
+    """What every stored generation's `.json` record holds: the request and its cost."""
 
     script_id: str
-    scene_id: str
     generation: str
-    content_hash: str
+    content_hash: str = Field(description="Hash of everything the picture was drawn from.")
     image_prompt: str
     negative_prompt: str
-    image_key: str
+    image_key: str = Field(description="Key of candidate 1 (the only one when n = 1).")
     image_s3url: str
-    prompt: PromptProvenance
+    candidates: list[str] = Field(
+        default_factory=list, description="URIs of every image of this generation, k = 1.."
+    )
     image: ImageProvenance
     created_at: datetime
+
+
+class GenerationRecord(ImageRecord):
+    """`results/{script_id}/scenes/{scene_id}/{generation}.json`: one drawn scene."""
+
+    scene_id: str
+    prompt: PromptProvenance | None = None
+    prompt_source: PromptSource = "written"
+    source_hash: str | None = None
+    prompt_hash: str | None = None
+    config_hash: str | None = None
+    characters: list[str] = Field(default_factory=list)
+    references: list[str] = Field(default_factory=list)
     forced: bool = False
+
+
+class PortraitRecord(ImageRecord):
+    """`results/{script_id}/characters/{character_key}/{generation}.json`: one portrait."""
+
+    name: str
+    character_key: str
+    source: PortraitSource
 
 
 class SceneEntry(_Model):
@@ -99,6 +125,38 @@ class SceneEntry(_Model):
     generation: str | None = None
     generated_at: datetime | None = None
     error: str | None = None
+    prompt_source: PromptSource | None = None
+    characters: list[str] = Field(
+        default_factory=list, description="Who is in the picture, most prominent first."
+    )
+    references: list[str] = Field(
+        default_factory=list, description="Portrait URIs sent with the image request, in order."
+    )
+    candidates: list[str] = Field(default_factory=list)
+    picked: int | None = Field(default=None, description="Which candidate (from 1) is shown.")
+    refused: bool = Field(
+        default=False,
+        description="Refused for its content (moderation): not requested again until the"
+        " scene's content or its prompt override changes.",
+    )
+    # What the entry was made from: the planner compares these to decide what is due.
+    source_hash: str | None = None
+    prompt_hash: str | None = None
+    config_hash: str | None = None
+
+
+class CharacterEntry(_Model):
+    """One character's reference portrait in `manifest.json`."""
+
+    name: str
+    character_key: str
+    portrait_s3url: str | None = None
+    source: PortraitSource | None = None
+    status: Literal["succeeded", "failed", "pending"]
+    generated_at: datetime | None = None
+    error: str | None = None
+    content_hash: str | None = None
+    generation: str | None = None
 
 
 class ProviderInfo(_Model):
@@ -121,6 +179,7 @@ class Manifest(_Model):
     )
     notice: str | None = None
     scenes: list[SceneEntry]
+    characters: list[CharacterEntry] = Field(default_factory=list)
 
     @staticmethod
     def status_of(scenes: list[SceneEntry]) -> ScriptStatus:

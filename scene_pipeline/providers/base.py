@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from scene_pipeline.contract.outputs import ImageProvenance, Usage
 from scene_pipeline.contract.script import Character, Scene, Script
@@ -15,7 +17,9 @@ class _Model(BaseModel):
 
 
 class ProviderIdentity(_Model):
-    """What a provider's output depends on besides its input: part of every content hash."""
+    """What a provider's output depends on besides its input: part of every content hash.
+
+    Built from configuration alone (never by constructing a client)."""
 
     provider: str
     model: str
@@ -47,7 +51,7 @@ class ScenePromptRequest(_Model):
     scene: Scene
     previous_scene: Scene | None
     next_scene: Scene | None
-    characters: list[Character]
+    characters: list[Character] = Field(description="Characters involved, in script order.")
     looks: list[CharacterLook]
     style: str | None
     aspect_ratio: str
@@ -57,6 +61,10 @@ class ScenePromptRequest(_Model):
 class WrittenPrompt(_Model):
     image_prompt: str
     negative_prompt: str
+    characters_present: list[str] = Field(
+        default_factory=list,
+        description="Names of the involved characters in the picture, most prominent first.",
+    )
     usage: Usage | None = None
     model: str
 
@@ -75,16 +83,20 @@ class PromptWriter(Protocol):
 
 class ImageRequest(_Model):
     script_id: str
-    scene_id: str
+    subject: str = Field(description="What is drawn, for messages: 'scene 3', 'portrait of …'.")
     content_hash: str
     prompt: str
     negative_prompt: str
     aspect_ratio: str
     external_task_id: str
+    references: list[bytes] = Field(
+        default_factory=list, description="Reference portraits (PNG), most prominent first."
+    )
+    n: int = Field(default=1, ge=1, le=9, description="Candidates to draw in one task.")
 
 
 class GeneratedImage(_Model):
-    png: bytes
+    pngs: list[bytes] = Field(description="One PNG per candidate, k = 1..n.")
     provenance: ImageProvenance
 
 
@@ -99,9 +111,30 @@ class TaskJournal(Protocol):
     def clear(self) -> None: ...
 
 
+class SlotGate(Protocol):
+    """The account's parallel-task slots, shared by every process that draws."""
+
+    def hold(self, count: int) -> AbstractContextManager[None]:
+        """Wait for `count` slots and hold them for the `with` block."""
+        ...
+
+
+class NoSlots:
+    """A SlotGate for providers without an account limit (offline, synchronous APIs)."""
+
+    @contextmanager
+    def hold(self, count: int) -> Iterator[None]:
+        del count
+        yield
+
+
 class ImageMaker(Protocol):
     identity: ProviderIdentity
+    #: How many reference portraits one request may carry (0: text only).
+    max_references: int
 
-    def make_image(self, request: ImageRequest, journal: TaskJournal) -> GeneratedImage:
-        """Draw one picture. Raises ProviderError subclasses (see providers.errors)."""
+    def make_image(
+        self, request: ImageRequest, journal: TaskJournal, slots: SlotGate
+    ) -> GeneratedImage:
+        """Draw `request.n` pictures. Raises ProviderError subclasses (see providers.errors)."""
         ...

@@ -1,27 +1,17 @@
-"""How a provider failure is classified decides what the pipeline does next.
+"""How a provider failure is classified decides what the pipeline does next, the same way in
+every asset (see scene_pipeline/core/outcomes.py):
+
+- TransientProviderError: the client already retried within its budget; the step's
+  RetryPolicy tries again later, and after its last attempt the scene (or portrait) fails.
+- SceneRejectedError: this request cannot succeed as asked; it fails alone, at once.
+  `refused` marks a content-moderation refusal: not requested again until the content changes.
+- AccountError: the account cannot work; the run stops calling this provider.
 
 Messages are shown to operators and written to manifests: they never contain keys, tokens or
 signed URLs.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The wait a rate-limited answer asks for (`retry-after-ms` or `retry-after` seconds)."""
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw) * scale
-        except ValueError:
-            continue  # an HTTP date: rare for APIs; the caller's own back-off applies
-        if value >= 0:
-            return value
-    return None
 
 
 class ProviderError(Exception):
@@ -31,13 +21,14 @@ class ProviderError(Exception):
 class TransientProviderError(ProviderError):
     """Rate limits, server errors, network errors: worth another try later."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
 
 class SceneRejectedError(ProviderError):
-    """This scene cannot be done as asked (moderation, refusal, invalid request): fail it alone."""
+    """This request cannot be done as asked (moderation, refusal, invalid request, a task that
+    kept failing or timed out): fail it alone."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class AccountError(ProviderError):

@@ -1,8 +1,10 @@
 """The embedded providers: no keys, no network, deterministic, and never mistaken for real.
 
 The template prompt writer builds an English prompt from the character descriptions and the
-scene's lines; the placeholder image maker draws a PNG of the requested aspect ratio with the
-scene id and the prompt on it. Both mark everything they make as offline.
+scene's lines; the placeholder image maker draws a PNG of the requested aspect ratio with a
+red OFFLINE banner, the subject, the prompt (Korean included, with the bundled Hangul font),
+and the reference portraits it was given as small insets, so that an operator can see which
+references a scene received. Both mark everything they make as offline.
 """
 
 from __future__ import annotations
@@ -13,20 +15,23 @@ import textwrap
 import time
 from datetime import UTC, datetime
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from scene_pipeline.constants import KLING_MAX_REFERENCES
 from scene_pipeline.contract.outputs import ImageProvenance
 from scene_pipeline.contract.script import Character, Script
+from scene_pipeline.fonts import hangul_font
 from scene_pipeline.providers.base import (
     CharacterLook,
     GeneratedImage,
     ImageRequest,
-    ProviderIdentity,
     ScenePromptRequest,
+    SlotGate,
     TaskJournal,
     WrittenPrompt,
     WrittenSheet,
 )
+from scene_pipeline.providers.identities import PLACEHOLDER_MAKER, TEMPLATE_WRITER
 from scene_pipeline.providers.prompting import (
     DEFAULT_STYLE_PHRASE,
     STYLE_PHRASES,
@@ -38,7 +43,7 @@ from scene_pipeline.providers.prompting import (
 _GENDER_WORDS = {0: "man", 1: "woman"}
 
 
-def _look(character: Character) -> str:
+def template_look(character: Character) -> str:
     person = (
         _GENDER_WORDS.get(character.gender, "person") if character.gender is not None else "person"
     )
@@ -49,11 +54,12 @@ def _look(character: Character) -> str:
 class TemplatePromptWriter:
     """Deterministic English prompts from the script's own words; no LLM involved."""
 
-    identity = ProviderIdentity(provider="offline", model="template", version="1", offline=True)
+    identity = TEMPLATE_WRITER
 
     def write_character_sheet(self, script: Script) -> WrittenSheet:
         looks = [
-            CharacterLook(name=c.name, look=_look(c)) for c in script.script_metadata.characters
+            CharacterLook(name=c.name, look=template_look(c))
+            for c in script.script_metadata.characters
         ]
         return WrittenSheet(looks=looks, model=self.identity.model)
 
@@ -61,7 +67,7 @@ class TemplatePromptWriter:
         style = known_style(request.style)
         style_phrase = STYLE_PHRASES[style] if style else DEFAULT_STYLE_PHRASE
         looks = {look.name: look.look for look in request.looks}
-        people = [looks.get(c.name, _look(c)) for c in request.characters]
+        people = [looks.get(c.name, template_look(c)) for c in request.characters]
         lines = []
         for line in request.scene.audios:
             who = line.speaker
@@ -79,6 +85,8 @@ class TemplatePromptWriter:
         return WrittenPrompt(
             image_prompt=cap_prompt(prompt, request.max_prompt_chars),
             negative_prompt=negative_prompt_for(request.style),
+            # The template cannot tell who is prominent: the script's order.
+            characters_present=[c.name for c in request.characters],
             model=self.identity.model,
         )
 
@@ -91,51 +99,32 @@ def image_size(aspect_ratio: str, long_side: int) -> tuple[int, int]:
     return round(long_side * w / h), long_side
 
 
-def _printable(text: str) -> str:
-    # The bundled font has Latin glyphs only; other scripts would draw as empty boxes.
-    out = "".join(ch if 32 <= ord(ch) < 0x250 else "\u00b7" for ch in text)
-    while "\u00b7\u00b7" in out:
-        out = out.replace("\u00b7\u00b7", "\u00b7")
-    return out
+def _wrap(text: str, width_px: int, font_size: int) -> str:
+    # Hangul glyphs are about twice as wide as Latin ones; wrap by an average.
+    wide = sum(1 for ch in text if ord(ch) >= 0x1100)
+    average = font_size * (0.55 + 0.45 * wide / max(1, len(text)))
+    return textwrap.fill(text, width=max(12, int(width_px / average)))
 
 
 class PlaceholderImageMaker:
-    """A real PNG of the requested aspect ratio, clearly labelled as an offline placeholder."""
+    """Real PNGs of the requested aspect ratio, clearly labelled as offline placeholders."""
 
-    identity = ProviderIdentity(provider="offline", model="placeholder", version="1", offline=True)
+    identity = PLACEHOLDER_MAKER
+    max_references = KLING_MAX_REFERENCES
 
     def __init__(self, long_side: int = 768) -> None:
         self.long_side = long_side
 
-    def make_image(self, request: ImageRequest, journal: TaskJournal) -> GeneratedImage:
-        del journal  # nothing is paid for, so nothing needs resuming
+    def make_image(
+        self, request: ImageRequest, journal: TaskJournal, slots: SlotGate
+    ) -> GeneratedImage:
+        del journal, slots  # nothing is paid for: nothing to resume, no account to share
         started = time.monotonic()
         submitted_at = datetime.now(UTC)
+        pngs = [self._draw(request, k) for k in range(1, request.n + 1)]
         width, height = image_size(request.aspect_ratio, self.long_side)
-        seed = hashlib.sha256(request.content_hash.encode()).digest()
-        background = (40 + seed[0] % 80, 40 + seed[1] % 80, 60 + seed[2] % 90)
-        image = Image.new("RGB", (width, height), background)
-        draw = ImageDraw.Draw(image)
-        title_font = ImageFont.load_default(size=max(18, width // 14))
-        body_font = ImageFont.load_default(size=max(12, width // 32))
-        margin = width // 16
-        draw.rectangle((0, 0, width, height // 7), fill=(200, 40, 40))
-        draw.text((margin, height // 40), "OFFLINE PLACEHOLDER", fill="white", font=title_font)
-        draw.text(
-            (margin, height // 7 + margin),
-            f"scene {request.scene_id}",
-            fill="white",
-            font=title_font,
-        )
-        chars_per_line = max(20, int((width - 2 * margin) / (body_font.size * 0.55)))
-        body = textwrap.fill(_printable(request.prompt), width=chars_per_line)
-        draw.multiline_text(
-            (margin, height // 7 + 3 * margin), body, fill=(235, 235, 235), font=body_font
-        )
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=False)
         return GeneratedImage(
-            png=buffer.getvalue(),
+            pngs=pngs,
             provenance=ImageProvenance(
                 provider=self.identity.provider,
                 model=self.identity.model,
@@ -147,3 +136,48 @@ class PlaceholderImageMaker:
                 height=height,
             ),
         )
+
+    def _draw(self, request: ImageRequest, candidate: int) -> bytes:
+        width, height = image_size(request.aspect_ratio, self.long_side)
+        seed = hashlib.sha256(f"{request.content_hash}:{candidate}".encode()).digest()
+        background = (40 + seed[0] % 80, 40 + seed[1] % 80, 60 + seed[2] % 90)
+        image = Image.new("RGB", (width, height), background)
+        draw = ImageDraw.Draw(image)
+        margin = max(8, width // 24)
+        title = hangul_font(max(14, width // 16))
+        body = hangul_font(max(11, width // 36))
+        band = height // 8
+        draw.rectangle((0, 0, width, band), fill=(200, 40, 40))
+        draw.text((margin, band // 4), "OFFLINE PLACEHOLDER", fill="white", font=title)
+        label = request.subject + (f" · candidate {candidate}/{request.n}" if request.n > 1 else "")
+        draw.text((margin, band + margin // 2), label, fill="white", font=title)
+        top = band + margin // 2 + int(title.size * 1.6)
+        insets = self._insets(image, request.references, top, margin)
+        if insets:
+            top = insets + margin // 2
+        text = _wrap(request.prompt, width - 2 * margin, body.size)
+        draw.multiline_text((margin, top), text, fill=(235, 235, 235), font=body, spacing=4)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=False)
+        return buffer.getvalue()
+
+    @staticmethod
+    def _insets(image: Image.Image, references: list[bytes], top: int, margin: int) -> int:
+        """Paste the reference portraits in a row, numbered in request order; returns the row's
+        bottom edge (0 when there are none)."""
+        if not references:
+            return 0
+        draw = ImageDraw.Draw(image)
+        count = len(references)
+        side = min(image.width // 5, (image.width - 2 * margin) // count - margin // 2)
+        font = hangul_font(max(10, side // 6))
+        x = margin
+        for index, png in enumerate(references, start=1):
+            with Image.open(io.BytesIO(png)) as portrait:
+                thumb = portrait.convert("RGB")
+                thumb.thumbnail((side, side))
+            image.paste(thumb, (x, top))
+            draw.rectangle((x, top, x + thumb.width - 1, top + thumb.height - 1), outline="white")
+            draw.text((x + 3, top + 1), f"ref {index}", fill="white", font=font)
+            x += side + margin // 2
+        return top + side

@@ -10,6 +10,9 @@ while the request is in flight has nothing to poll for afterwards; its retry ask
 (That retry may pay for a second picture if the first was still being drawn: this is why
 `max_retries` defaults to 1 here, not 2.)
 
+With reference portraits the request goes to `images.edit`, the portraits as input images in
+the order of the characters present; several candidates are asked for with `n`.
+
 The images API has no negative prompt; by default the negative prompt is appended to the
 prompt as an "Avoid: ..." sentence, which gpt-image-1 follows.
 """
@@ -26,26 +29,25 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
-import openai
-from openai.types import ImagesResponse
 
+from scene_pipeline.clients.openai import openai_client
 from scene_pipeline.contract.outputs import ImageProvenance
+from scene_pipeline.providers import identities
 from scene_pipeline.providers.base import (
     GeneratedImage,
     ImageRequest,
-    ProviderIdentity,
+    SlotGate,
     TaskJournal,
 )
 from scene_pipeline.providers.errors import TransientProviderError
-from scene_pipeline.providers.openai_writer import map_openai_error, openai_client
+from scene_pipeline.providers.openai_errors import map_openai_error
 from scene_pipeline.providers.png import as_png
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGES_MODEL = "gpt-image-1"
-# Part of every content hash: bump it when the request sent for the same input changes
-# (size table, prompt assembly), so that older pictures are drawn again.
-IMAGE_MAKER_VERSION = "1"
+# images.edit takes several input images; more than this many references add little.
+MAX_REFERENCES = 4
 # gpt-image-1 usually answers in 20-90 s, high quality at large sizes can take longer.
 DEFAULT_IMAGES_TIMEOUT_SECONDS = 180.0
 # Each retry after a timeout may pay for another picture; one retry covers the common
@@ -78,6 +80,8 @@ def nearest_size(aspect_ratio: str, sizes: Sequence[str] = GPT_IMAGE_SIZES) -> s
 
 class OpenAIImagesMaker:
     """ImageMaker backed by an OpenAI-compatible images API."""
+
+    max_references = MAX_REFERENCES
 
     def __init__(
         self,
@@ -119,17 +123,17 @@ class OpenAIImagesMaker:
         self.sizes = tuple(sizes)
         self.response_format = response_format
         self.append_negative_prompt = append_negative_prompt
-        self.identity = ProviderIdentity(
-            provider="openai-images", model=model, version=IMAGE_MAKER_VERSION
-        )
+        self.identity = identities.openai_images(model)
         self._client = openai_client(api_key, base_url, timeout_seconds, max_retries, http_client)
         self._download_client = download_client
 
     def __repr__(self) -> str:
         return f"OpenAIImagesMaker(model={self.model!r}, base_url={str(self._client.base_url)!r})"
 
-    def make_image(self, request: ImageRequest, journal: TaskJournal) -> GeneratedImage:
-        """Draw one picture of the nearest supported size and return it as PNG.
+    def make_image(
+        self, request: ImageRequest, journal: TaskJournal, slots: SlotGate
+    ) -> GeneratedImage:
+        """Draw `request.n` pictures of the nearest supported size and return them as PNG.
 
         Raises:
             TransientProviderError: rate limits, server and network errors, answers without
@@ -137,45 +141,51 @@ class OpenAIImagesMaker:
             SceneRejectedError: moderation / content policy, other rejected requests.
             AccountError: bad key, no quota, unknown model.
         """
-        del journal  # synchronous API: no task in flight to record (see the module docstring)
-        what = f"image of scene {request.scene_id}"
+        del journal, slots  # synchronous API: no task in flight, no account slots to share
+        import openai
+
+        what = f"image of {request.subject}"
         size = nearest_size(request.aspect_ratio, self.sizes)
         prompt = request.prompt.strip()
         if self.append_negative_prompt and request.negative_prompt.strip():
             prompt = f"{prompt}\n\nAvoid: {request.negative_prompt.strip()}."
-        kwargs: dict[str, Any] = {"model": self.model, "prompt": prompt, "size": size, "n": 1}
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "size": size,
+            "n": request.n,
+        }
         if self.response_format:
             kwargs["response_format"] = self.response_format
 
         submitted_at = datetime.now(UTC)
         started = time.monotonic()
         try:
-            raw = self._client.images.with_raw_response.generate(**kwargs)
-            answer: ImagesResponse = raw.parse()
+            if request.references:
+                images = [
+                    (f"reference-{i}.png", png, "image/png")
+                    for i, png in enumerate(request.references[:MAX_REFERENCES], start=1)
+                ]
+                raw = self._client.images.with_raw_response.edit(image=images, **kwargs)
+            else:
+                raw = self._client.images.with_raw_response.generate(**kwargs)
+            answer = raw.parse()
         except openai.OpenAIError as err:
             self._raise_mapped(err, what)
-        if not answer.data:
-            raise TransientProviderError(f"{what}: the answer contained no image")
-        item = answer.data[0]
-        if item.b64_json:
-            try:
-                data = base64.b64decode(item.b64_json, validate=True)
-            except (binascii.Error, ValueError):
-                raise TransientProviderError(f"{what}: the answer's base64 is invalid") from None
-        elif item.url:
-            data = self._download(item.url, what)
-        else:
-            raise TransientProviderError(f"{what}: the answer had neither b64_json nor url")
-        try:
-            png, width, height = as_png(data)
-        except ValueError as err:
-            raise TransientProviderError(f"{what}: the answer is {err}") from None
+        if not answer.data or len(answer.data) < request.n:
+            raise TransientProviderError(
+                f"{what}: the answer contained {len(answer.data or [])} of {request.n} images"
+            )
+        pngs: list[bytes] = []
+        for item in answer.data[: request.n]:
+            png, width, height = self._picture(item, what)
+            pngs.append(png)
         if (width, height) != parse_size(size):
             logger.info("%s: asked for %s, got %dx%d", what, size, width, height)
 
         usage = answer.usage
         return GeneratedImage(
-            png=png,
+            pngs=pngs,
             provenance=ImageProvenance(
                 provider=self.identity.provider,
                 model=self.model,
@@ -196,6 +206,21 @@ class OpenAIImagesMaker:
                 height=height,
             ),
         )
+
+    def _picture(self, item: Any, what: str) -> tuple[bytes, int, int]:
+        if item.b64_json:
+            try:
+                data = base64.b64decode(item.b64_json, validate=True)
+            except (binascii.Error, ValueError):
+                raise TransientProviderError(f"{what}: the answer's base64 is invalid") from None
+        elif item.url:
+            data = self._download(item.url, what)
+        else:
+            raise TransientProviderError(f"{what}: the answer had neither b64_json nor url")
+        try:
+            return as_png(data)
+        except ValueError as err:
+            raise TransientProviderError(f"{what}: the answer is {err}") from None
 
     def _download(self, url: str, what: str) -> bytes:
         """GET the picture at once. The URL is never logged or quoted: it may be signed."""
@@ -224,7 +249,7 @@ class OpenAIImagesMaker:
             if client is not self._download_client:
                 client.close()
 
-    def _raise_mapped(self, err: openai.OpenAIError, what: str) -> NoReturn:
-        mapped = map_openai_error(err, what, self._secret)
+    def _raise_mapped(self, err: Exception, what: str) -> NoReturn:
+        mapped = map_openai_error(err, what, self._secret)  # type: ignore[arg-type]
         logger.debug("%s: %s -> %s", what, type(err).__name__, type(mapped).__name__)
         raise mapped from None

@@ -1,21 +1,24 @@
-"""One object-store seam with two real backends: S3 and a local folder holding the same keys."""
+"""Where the pipeline's objects live: one object-store seam with two real backends (S3 and a
+local folder holding the same keys), the key layout, and `Bucket`, the typed way to them."""
 
 from scene_pipeline.storage.base import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
+    PreconditionFailed,
     StorageError,
-    get_or_none,
 )
-from scene_pipeline.storage.local import LocalObjectStore
-from scene_pipeline.storage.s3 import S3ObjectStore
+from scene_pipeline.storage.bucket import Bucket, GenerationRef, StoredTaskJournal
+from scene_pipeline.storage.layout import UnsafeKeyError
 
 __all__ = [
-    "LocalObjectStore",
+    "Bucket",
+    "GenerationRef",
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectStore",
-    "S3ObjectStore",
+    "PreconditionFailed",
     "StorageError",
-    "get_or_none",
+    "StoredTaskJournal",
+    "UnsafeKeyError",
 ]

@@ -1,4 +1,5 @@
-"""The S3 backend (AWS, MinIO or moto): boto3 with paginated listing and clear errors."""
+"""The S3 backend (AWS, MinIO or moto): boto3 with paginated listing, conditional writes
+(`If-None-Match: *`, `If-Match`) and errors that name the key, never the credentials."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from scene_pipeline.storage.base import ObjectInfo, ObjectNotFound, StorageError
+from scene_pipeline.storage.base import ObjectInfo, ObjectNotFound, PreconditionFailed, StorageError
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+def _code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", "?"))
 
 
 class S3ObjectStore:
@@ -18,45 +24,55 @@ class S3ObjectStore:
         self.bucket = bucket
 
     def _fail(self, action: str, key: str, err: Exception) -> StorageError:
-        # botocore messages carry the bucket, key and error code, never the credentials.
         if isinstance(err, ClientError):
-            code = err.response.get("Error", {}).get("Code", "?")
             message = err.response.get("Error", {}).get("Message", "")
-            return StorageError(f"S3 {action} s3://{self.bucket}/{key} failed: {code} {message}")
+            return StorageError(
+                f"S3 {action} s3://{self.bucket}/{key} failed: {_code(err)} {message}"
+            )
         return StorageError(f"S3 {action} s3://{self.bucket}/{key} failed: {err}")
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str) -> tuple[bytes, str]:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
-            return response["Body"].read()
+            return response["Body"].read(), response["ETag"]
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in _NOT_FOUND:
+            if _code(err) in _NOT_FOUND:
                 raise ObjectNotFound(key) from None
             raise self._fail("GET", key, err) from err
         except BotoCoreError as err:
             raise self._fail("GET", key, err) from err
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        conditions: dict[str, str] = {}
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        if if_match is not None:
+            conditions["IfMatch"] = if_match
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
-        except (ClientError, BotoCoreError) as err:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **conditions
+            )
+            return str(response["ETag"])
+        except ClientError as err:
+            if conditions and (_code(err) in _PRECONDITION or _code(err) in _NOT_FOUND):
+                raise PreconditionFailed(f"s3://{self.bucket}/{key}: {_code(err)}") from None
+            raise self._fail("PUT", key, err) from err
+        except BotoCoreError as err:
             raise self._fail("PUT", key, err) from err
 
-    def head(self, key: str) -> ObjectInfo | None:
+    def delete(self, key: str) -> None:
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in _NOT_FOUND:
-                return None
-            raise self._fail("HEAD", key, err) from err
-        except BotoCoreError as err:
-            raise self._fail("HEAD", key, err) from err
-        return ObjectInfo(
-            key=key,
-            etag=response["ETag"],
-            size=response["ContentLength"],
-            last_modified=response["LastModified"],
-        )
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail("DELETE", key, err) from err
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")

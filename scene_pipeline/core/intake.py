@@ -22,7 +22,6 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from scene_pipeline.bucket import Bucket
 from scene_pipeline.constants import MAX_SCRIPT_BYTES
 from scene_pipeline.contract.outputs import RejectionReport, SourceRef, utc_now
 from scene_pipeline.contract.script import (
@@ -33,7 +32,7 @@ from scene_pipeline.contract.script import (
     parse_script,
 )
 from scene_pipeline.models import AcceptedScript
-from scene_pipeline.storage import ObjectNotFound, layout
+from scene_pipeline.storage import Bucket, StorageError, layout
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +43,7 @@ class Accepted:
 
     accepted: AcceptedScript
     kept: AcceptedScript | None = None
+    changed: bool = True
 
     @property
     def stored(self) -> bool:
@@ -99,9 +99,8 @@ def read_stored(bucket: Bucket, script_id: str) -> AcceptedScript | None:
     A transient read failure raises StorageError: the caller must not take it for "absent".
     """
     key = layout.accepted_script_key(script_id)
-    try:
-        data = bucket.store.get(key)
-    except ObjectNotFound:
+    data = bucket.read_bytes_if_present(key)
+    if data is None:
         return None
     try:
         return AcceptedScript.model_validate_json(data)
@@ -120,13 +119,15 @@ def is_newer(stored: AcceptedScript, last_modified: datetime | None) -> bool:
 def store_accepted(
     bucket: Bucket, accepted: AcceptedScript, *, keep_newer: bool = True
 ) -> Accepted:
-    """Write the accepted copy unless (with `keep_newer`) a newer version is stored."""
-    if keep_newer:
-        stored = read_stored(bucket, accepted.script.script_id)
-        if stored is not None and is_newer(stored, accepted.source_last_modified):
-            return Accepted(accepted=accepted, kept=stored)
-    bucket.write_accepted(accepted)
-    return Accepted(accepted=accepted)
+    """Write the accepted copy unless (with `keep_newer`) a newer version is stored.
+
+    `changed` tells whether the stored script differs from the new one: an identical
+    re-drop needs no run when its scenes are already drawn."""
+    stored = read_stored(bucket, accepted.script.script_id)
+    if keep_newer and stored is not None and is_newer(stored, accepted.source_last_modified):
+        return Accepted(accepted=accepted, kept=stored, changed=False)
+    bucket.write_model(layout.accepted_script_key(accepted.script.script_id), accepted)
+    return Accepted(accepted=accepted, changed=stored is None or stored.script != accepted.script)
 
 
 def accept_bytes(
@@ -158,12 +159,15 @@ def write_rejection_once(bucket: Bucket, key: str, report: RejectionReport) -> b
     after a tick whose cursor was not saved. Returns True if the report was written.
     """
     try:
-        existing = RejectionReport.model_validate_json(bucket.store.get(key))
-    except ObjectNotFound:
-        existing = None
-    except ValidationError:
-        existing = None
+        existing = bucket.read_model(key, RejectionReport)
+    except StorageError:
+        existing = None  # unreadable: replace it
     if existing is not None and existing.source == report.source:
         return False
     bucket.write_rejection(key, report)
     return True
+
+
+def read_accepted(bucket: Bucket, script_id: str) -> AcceptedScript | None:
+    """The accepted copy of a script, for runs and commands (StorageError if unreadable)."""
+    return bucket.read_model(layout.accepted_script_key(script_id), AcceptedScript)

@@ -1,0 +1,121 @@
+"""`plan_script`: the run's first step. It takes the script's lease, applies the operators'
+changes from the run config, writes the character sheet (the `character_sheet` asset) and
+fans out the portraits and scenes this run draws."""
+
+from collections.abc import Iterator
+
+from dagster import DynamicOut, DynamicOutput, Failure, OpExecutionContext, Out, Output, op
+
+from scene_pipeline.assets.config import ScriptRunConfig
+from scene_pipeline.assets.metadata import plan_metadata, sheet_metadata
+from scene_pipeline.assets.support import RETRY_POLICY, attempt_of, holding_lease
+from scene_pipeline.contract.outputs import SceneEntry, utc_now
+from scene_pipeline.contract.script import Script
+from scene_pipeline.core import actions
+from scene_pipeline.core.operator import stamp
+from scene_pipeline.core.planning import Selection, UnknownScenesError
+from scene_pipeline.core.runs import prepare
+from scene_pipeline.models import AcceptedScript, CharacterSheet, Portrait, PortraitPlan, ScenePlan
+from scene_pipeline.resources.bucket import BucketResource
+from scene_pipeline.resources.pipeline import PipelineResource
+from scene_pipeline.resources.providers import (
+    ImageMakerResource,
+    PromptWriterResource,
+    planning_providers,
+)
+from scene_pipeline.resources.slots import ensure_pool_limit
+from scene_pipeline.storage import Bucket
+
+
+def mapping_key(value: str) -> str:
+    """Dagster mapping keys allow [A-Za-z0-9_]: escape '_' as '__' and '-' as '_h'."""
+    return value.replace("_", "__").replace("-", "_h")
+
+
+@op(
+    out={
+        "character_sheet": Out(CharacterSheet, description="The script's character sheet."),
+        "portraits_planned": Out(list[Portrait], description="Portraits scenes may reference."),
+        "portraits_todo": DynamicOut(PortraitPlan, description="Portraits to draw."),
+        "scenes_todo": DynamicOut(ScenePlan, description="Scenes to render."),
+        "carried": Out(list[SceneEntry], description="Scenes this run leaves as they are."),
+    },
+    retry_policy=RETRY_POLICY,
+)
+def plan_script(
+    context: OpExecutionContext,
+    config: ScriptRunConfig,
+    script_document: AcceptedScript,
+    bucket: BucketResource,
+    prompt_writer: PromptWriterResource,
+    image_maker: ImageMakerResource,
+    pipeline: PipelineResource,
+) -> Iterator[Output | DynamicOutput]:
+    """Write the character sheet (once per look) and decide what this run draws."""
+    script, store = script_document.script, bucket.get_bucket()
+    providers = planning_providers(prompt_writer, image_maker)
+    with holding_lease(context, store, script.script_id, wait=True):
+        apply_operator_config(context, store, script, config, prompt_writer.max_prompt_chars)
+        previous = ensure_pool_limit(context.instance, pipeline.kling_pool_limit)
+        if previous is not None:
+            context.log.warning(
+                f"kling pool limit was {previous}; set to KLING_MAX_CONCURRENCY="
+                f"{pipeline.kling_pool_limit}"
+            )
+        selection = Selection(
+            scene_ids=frozenset(config.scene_ids),
+            force=config.force,
+            refresh_stale=config.refresh_stale or pipeline.redraw_stale,
+            candidates=config.candidates or pipeline.candidates,
+        )
+        if selection.candidates > pipeline.kling_pool_limit:
+            raise Failure(
+                f"{selection.candidates} candidates need as many KLING slots; the account"
+                f" allows {pipeline.kling_pool_limit}",
+                allow_retries=False,
+            )
+        try:
+            prepared = prepare(
+                store,
+                script_document,
+                prompt_writer.get_writer,
+                providers,
+                selection,
+                attempt_of(context),
+                root_run_id=context.run.root_run_id or context.run_id,
+                now=utc_now(),
+                redraw_portraits=config.redraw_portraits,
+            )
+        except UnknownScenesError as err:
+            raise Failure(description=str(err), allow_retries=False) from err
+    if prepared.sheet_error:
+        context.log.warning(f"character sheet falls back to the template: {prepared.sheet_error}")
+    plan = prepared.assessment
+    yield Output(prepared.sheet.sheet, "character_sheet", metadata=sheet_metadata(prepared.sheet))
+    yield Output(prepared.portraits, "portraits_planned", metadata=plan_metadata(plan))
+    for portrait in plan.portraits.to_draw:
+        yield DynamicOutput(portrait, mapping_key(portrait.character_key), "portraits_todo")
+    for scene in plan.scenes.to_render:
+        yield DynamicOutput(scene, mapping_key(scene.scene.scene_id), "scenes_todo")
+    yield Output(prepared.carried_scenes, "carried")
+
+
+def apply_operator_config(
+    context: OpExecutionContext, bucket: Bucket, script: Script, config: ScriptRunConfig, cap: int
+) -> None:
+    """Overrides, picks and portraits from the Launchpad, checked like the CLI's."""
+    when = stamp(context.run.tags.get("user", "ui"), config.note)
+    try:
+        for scene_id, text in config.prompt_overrides.items():
+            actions.set_override(bucket, script, scene_id, text, cap, when)
+        for scene_id in config.clear_prompt_overrides:
+            actions.clear_override(bucket, script, scene_id)
+        for scene_id, k in config.picks.items():
+            actions.pick(bucket, script, scene_id, k, when)
+        for name in config.redraw_portraits:
+            actions.request_portrait_redraw(bucket, script, name, when)
+        for name, key in config.portrait_uploads.items():
+            data = actions.read_upload(bucket, key)
+            actions.upload_portrait(bucket, script, name, data, when, context.run_id)
+    except actions.ActionError as err:
+        raise Failure(description=str(err), allow_retries=False) from err

@@ -1,0 +1,99 @@
+"""What the steps share: the retry policy, the script's lease, and the tools of rendering."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from dagster import Backoff, Failure, Jitter, OpExecutionContext, RetryPolicy
+
+from scene_pipeline.constants import TAG_LEASE
+from scene_pipeline.core import leases
+from scene_pipeline.core.outcomes import Attempt
+from scene_pipeline.core.rendering import Tools
+from scene_pipeline.resources.bucket import BucketResource
+from scene_pipeline.resources.providers import ImageMakerResource, PromptWriterResource
+from scene_pipeline.resources.slots import PoolSlots
+from scene_pipeline.storage import Bucket
+
+# The second and last owner of retries (the first is each provider's client): what the
+# client gave up on is tried again twice, 10 s and then about 20 s later.
+MAX_RETRIES = 2
+RETRY_POLICY = RetryPolicy(
+    max_retries=MAX_RETRIES, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+# How long a run waits for a script that another holder (a CLI run) is working on.
+LEASE_WAIT_SECONDS = 900
+LEASE_POLL_SECONDS = 5
+
+
+def attempt_of(context: OpExecutionContext) -> Attempt:
+    return Attempt(
+        run_id=context.run_id, retry_number=context.retry_number, max_retries=MAX_RETRIES
+    )
+
+
+def lease_token(context: OpExecutionContext) -> str:
+    """A CLI run works under the CLI's lease (tag); any other run under its root run id, so
+    that its re-executions hold the same lease."""
+    return context.run.tags.get(TAG_LEASE) or context.run.root_run_id or context.run_id
+
+
+@contextmanager
+def holding_lease(
+    context: OpExecutionContext, bucket: Bucket, script_id: str, *, wait: bool = False
+) -> Iterator[None]:
+    """Hold (or renew) the script's lease for this step, renewing it in the background.
+
+    `wait`: wait for another holder to finish (the plan step), instead of failing at once.
+    """
+    token = lease_token(context)
+    holder = (
+        f"run {context.run_id[:8]} ({context.run.tags.get('scene_pipeline/launched_by', 'ui')})"
+    )
+    deadline = time.monotonic() + (LEASE_WAIT_SECONDS if wait else 0)
+    while True:
+        got = leases.acquire(bucket, script_id, token, holder)
+        if isinstance(got, leases.Lease):
+            break
+        if time.monotonic() >= deadline:
+            raise Failure(description=got.message(), allow_retries=False)
+        context.log.info(f"{got.message()}; waiting")
+        time.sleep(LEASE_POLL_SECONDS)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(leases.RENEW_EVERY_SECONDS):
+            got = leases.acquire(bucket, script_id, token, holder)
+            if isinstance(got, leases.Busy):
+                context.log.error(f"lost the script's lease: {got.message()}")
+                return
+
+    keeper = threading.Thread(target=renew, name="lease-keeper", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def tools(
+    context: OpExecutionContext,
+    bucket: BucketResource,
+    prompt_writer: PromptWriterResource,
+    image_maker: ImageMakerResource,
+) -> Tools:
+    return Tools(
+        bucket=bucket.get_bucket(),
+        writer=prompt_writer.get_writer,
+        maker=image_maker.get_maker(),
+        slots=PoolSlots(
+            context.instance,
+            context.run_id,
+            context.get_step_execution_context().step.key,
+            priority=int(context.run.tags.get("dagster/priority", "0") or 0),
+        ),
+        prompt_cap=prompt_writer.max_prompt_chars,
+    )

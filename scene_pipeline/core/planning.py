@@ -1,0 +1,293 @@
+"""Deciding, per scene, what a run must pay for and what it can reuse.
+
+Pure: given the script, its sheet and portraits, the operators' state, what the bucket holds
+and the selection, return the scenes to render and the manifest entries of every other scene.
+The same function answers the CLI's "up to date?", the sensor's "is a run needed?", the
+nightly schedule's budget and `status`.
+
+A scene is carried as it is when:
+- its current image already exists (same image hash) and it is not forced;
+- it is not selected (a run of other scenes);
+- it was refused for its content and neither its content nor its prompt override changed;
+- it is *stale*: its image was made for the same content under other providers or another
+  reference mode. Stale scenes are redrawn only when asked (`refresh_stale`, the setting
+  SCENE_PIPELINE_REDRAW_STALE, or selecting/forcing them): a change of model must not
+  silently redraw a whole library.
+Everything else is rendered: new or changed content, a corrected look, a replaced portrait,
+failed or pending scenes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from scene_pipeline.contract.outputs import GenerationRecord, Manifest, SceneEntry
+from scene_pipeline.contract.script import Scene, Script
+from scene_pipeline.core.hashing import (
+    config_hash,
+    image_hash,
+    override_prompt_hash,
+    prompt_hash,
+    scene_source_hash,
+)
+from scene_pipeline.core.operator import OperatorState
+from scene_pipeline.models import CharacterSheet, Portrait, PromptChoice, ScenePlan, StoredPrompt
+from scene_pipeline.providers.base import CharacterLook, ProviderIdentity
+from scene_pipeline.providers.prompting import involved_characters, negative_prompt_for
+from scene_pipeline.storage import GenerationRef
+
+
+class UnknownScenesError(ValueError):
+    """The operator selected scene ids that the script does not have."""
+
+
+@dataclass(frozen=True)
+class Providers:
+    """What the configured providers mean for planning (identities come from settings)."""
+
+    writer: ProviderIdentity
+    maker: ProviderIdentity
+    references_on: bool
+    max_references: int
+    prompt_cap: int
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.writer, self.maker, self.references_on, self.prompt_cap)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which scenes a run works on. Empty `scene_ids`: every scene that needs work."""
+
+    scene_ids: frozenset[str] = frozenset()
+    force: bool = False
+    refresh_stale: bool = False
+    candidates: int = 1
+
+
+@dataclass
+class ScenePlanning:
+    to_render: list[ScenePlan] = field(default_factory=list)
+    # Scenes this run leaves as they are: reused, not selected, refused, stale or removed.
+    carried: list[SceneEntry] = field(default_factory=list)
+    # Reused generations whose manifest entries must be read from their records.
+    records_to_read: dict[str, str] = field(default_factory=dict)
+    stale: dict[str, str] = field(default_factory=dict)  # scene id -> why
+    refused: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.to_render
+
+
+def entry_from_record(record: GenerationRecord, offline: bool) -> SceneEntry:
+    return SceneEntry(
+        scene_id=record.scene_id,
+        status="succeeded",
+        image_prompt=record.image_prompt,
+        negative_prompt=record.negative_prompt,
+        image_s3url=record.image_s3url,
+        provider=record.image.provider,
+        model=record.image.model,
+        offline=offline or record.image.offline or record.prompt.offline,
+        content_hash=record.content_hash,
+        generation=record.generation,
+        generated_at=record.created_at,
+        prompt_source=record.prompt_source,
+        characters=record.characters,
+        references=record.references,
+        candidates=record.candidates or [record.image_s3url],
+        picked=1,
+        source_hash=record.source_hash,
+        prompt_hash=record.prompt_hash,
+        config_hash=record.config_hash,
+    )
+
+
+def reference_hashes(
+    present: list[str], portraits: Mapping[str, Portrait], providers: Providers
+) -> list[str]:
+    if not providers.references_on:
+        return []
+    names = [n for n in present if n in portraits][: providers.max_references]
+    return [portraits[n].content_hash for n in names]
+
+
+def known_prompt(
+    scene: Scene,
+    p_hash: str,
+    last: SceneEntry | None,
+    stored_prompt: Callable[[str, str], StoredPrompt | None],
+) -> PromptChoice | None:
+    """The written prompt for `p_hash`: from the last manifest, else from the prompt cache."""
+    if (
+        last is not None
+        and last.prompt_hash == p_hash
+        and last.prompt_source == "written"
+        and last.image_prompt
+    ):
+        return PromptChoice(
+            image_prompt=last.image_prompt,
+            negative_prompt=last.negative_prompt or "",
+            characters_present=last.characters,
+            source="written",
+        )
+    stored = stored_prompt(scene.scene_id, p_hash)
+    if stored is None:
+        return None
+    return PromptChoice(
+        image_prompt=stored.image_prompt,
+        negative_prompt=stored.negative_prompt,
+        characters_present=stored.characters_present,
+        source="written",
+        provenance=stored.provenance,
+    )
+
+
+def plan_scenes(
+    script: Script,
+    *,
+    sheet: CharacterSheet,
+    portraits: Mapping[str, Portrait],
+    state: OperatorState,
+    previous: Manifest | None,
+    generations: Mapping[str, list[GenerationRef]],
+    stored_prompt: Callable[[str, str], StoredPrompt | None],
+    providers: Providers,
+    selection: Selection,
+    run_id: str,
+    now: datetime,
+) -> ScenePlanning:
+    scene_ids = [s.scene_id for s in script.scenes]
+    unknown = sorted(selection.scene_ids - set(scene_ids))
+    if unknown:
+        raise UnknownScenesError(
+            f"script {script.script_id} has no scene {', '.join(unknown)}"
+            f" (its scenes: {', '.join(scene_ids)})"
+        )
+    previous_entries = {e.scene_id: e for e in previous.scenes} if previous else {}
+    looks_by_name = {look.name: look for look in sheet.looks}
+    config = providers.config_hash
+    planning = ScenePlanning()
+    for index, scene in enumerate(script.scenes):
+        sid = scene.scene_id
+        involved = involved_characters(script, scene)
+        override = state.overrides.get(sid)
+        source = scene_source_hash(script, scene, override.prompt if override else None)
+        looks = [
+            CharacterLook(name=c.name, look=looks_by_name[c.name].look)
+            for c in involved
+            if c.name in looks_by_name
+        ]
+        last = previous_entries.get(sid)
+        if override is not None:
+            p_hash = override_prompt_hash(override.prompt)
+            prompt: PromptChoice | None = PromptChoice(
+                image_prompt=override.prompt,
+                negative_prompt=negative_prompt_for(script.options.style),
+                characters_present=[c.name for c in involved],
+                source="override",
+            )
+        else:
+            p_hash = prompt_hash(script, scene, looks, providers.writer, providers.prompt_cap)
+            prompt = known_prompt(scene, p_hash, last, stored_prompt)
+        drawn = {g.content_hash: g for g in generations.get(sid, [])}
+        i_hash = (
+            image_hash(
+                prompt.image_prompt,
+                prompt.negative_prompt,
+                reference_hashes(prompt.characters_present, portraits, providers),
+                providers.maker,
+                script.options.aspect_ratio,
+            )
+            if prompt is not None
+            else None
+        )
+        explicitly = sid in selection.scene_ids
+        wanted = explicitly or not selection.scene_ids
+        forced = selection.force and wanted
+
+        if i_hash is not None and i_hash in drawn and not forced:
+            latest = drawn[i_hash]
+            if (
+                last is not None
+                and last.status == "succeeded"
+                and last.generation == latest.generation
+            ):
+                planning.carried.append(last)
+            else:
+                planning.records_to_read[sid] = latest.record_key
+            continue
+        if not wanted:
+            planning.carried.append(
+                last if last is not None else SceneEntry(scene_id=sid, status="pending")
+            )
+            continue
+        if (
+            last is not None
+            and last.refused
+            and last.source_hash == source
+            and not (explicitly or forced)
+        ):
+            planning.carried.append(last)
+            planning.refused.append(sid)
+            continue
+        stale_reason = _stale(last, source, config, drawn)
+        if stale_reason and not (selection.refresh_stale or explicitly or forced):
+            assert last is not None
+            planning.carried.append(last)
+            planning.stale[sid] = stale_reason
+            continue
+        planning.to_render.append(
+            ScenePlan(
+                script_id=script.script_id,
+                script_title=script.title,
+                scene=scene,
+                previous_scene=script.scenes[index - 1] if index > 0 else None,
+                next_scene=script.scenes[index + 1] if index + 1 < len(script.scenes) else None,
+                characters=involved,
+                looks=looks,
+                style=script.options.style,
+                aspect_ratio=script.options.aspect_ratio,
+                source_hash=source,
+                config_hash=config,
+                prompt_hash=p_hash,
+                prompt=prompt,
+                references_on=providers.references_on,
+                candidates=selection.candidates,
+                forced=forced,
+                planned_at=now,
+                root_run_id=run_id,
+                drawn={h: g.record_key for h, g in drawn.items()},
+            )
+        )
+
+    current = set(scene_ids)
+    for sid, entry in previous_entries.items():
+        if sid not in current:
+            planning.carried.append(entry.model_copy(update={"status": "removed", "error": None}))
+    return planning
+
+
+def _stale(
+    last: SceneEntry | None, source: str, config: str, drawn: Mapping[str, GenerationRef]
+) -> str | None:
+    """Why a succeeded scene's picture is out of date for configuration reasons only."""
+    if last is None or last.status != "succeeded" or last.content_hash not in drawn:
+        return None
+    if last.source_hash is None:
+        return "drawn by an older version of the pipeline"
+    if last.source_hash != source:
+        return None  # its content changed: not stale, due
+    if last.config_hash != config:
+        return "the providers or the reference mode changed since it was drawn"
+    return None
+
+
+def order_entries(script: Script, entries: list[SceneEntry]) -> list[SceneEntry]:
+    """Story order first, then scenes no longer in the script."""
+    position = {s.scene_id: i for i, s in enumerate(script.scenes)}
+    return sorted(entries, key=lambda e: (position.get(e.scene_id, len(position)), e.scene_id))

@@ -1,0 +1,343 @@
+"""Rendering one scene (its prompt, then its picture) and drawing one portrait: the plain
+functions behind the `render_scene` and `draw_portrait` steps.
+
+A scene's picture is drawn from its prompt and the portraits of the characters present in it
+(most prominent first, at most the maker's limit). If its image hash already has a
+generation (a rewritten prompt that came out the same), that generation is reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from scene_pipeline.contract.outputs import (
+    GenerationRecord,
+    PortraitRecord,
+    PromptProvenance,
+    SceneEntry,
+    utc_now,
+)
+from scene_pipeline.core import generations
+from scene_pipeline.core.hashing import image_hash
+from scene_pipeline.core.naming import external_task_id, generation_name
+from scene_pipeline.core.outcomes import AccountStops, Attempt, Failed, guarded
+from scene_pipeline.core.planning import entry_from_record
+from scene_pipeline.core.portraits import (
+    PORTRAIT_ASPECT_RATIO,
+    PORTRAIT_NEGATIVE_PROMPT,
+    portrait_prompt,
+)
+from scene_pipeline.models import (
+    Portrait,
+    PortraitPlan,
+    PromptChoice,
+    SceneOutcome,
+    ScenePlan,
+    StoredPrompt,
+)
+from scene_pipeline.providers.base import (
+    ImageMaker,
+    ImageRequest,
+    PromptWriter,
+    ScenePromptRequest,
+    SlotGate,
+)
+from scene_pipeline.storage import Bucket, StoredTaskJournal, layout
+
+
+@dataclass(frozen=True)
+class Tools:
+    """What rendering works with: storage, providers (the writer is built on first use) and
+    the account's slots."""
+
+    bucket: Bucket
+    writer: Callable[[], PromptWriter]
+    maker: ImageMaker
+    slots: SlotGate
+    prompt_cap: int
+
+
+# -- scenes ----------------------------------------------------------------------------------
+
+
+def render_scene(
+    plan: ScenePlan,
+    portraits: Mapping[str, Portrait],
+    tools: Tools,
+    attempt: Attempt,
+) -> SceneOutcome:
+    stops = AccountStops(tools.bucket, attempt.run_id)
+    prompt, prompt_status = (
+        plan.prompt,
+        ("override" if plan.prompt and plan.prompt.source == "override" else "reused"),
+    )
+    tokens = 0
+    if prompt is None:
+        stopped = stops.reason("prompt_writer")
+        if stopped:
+            return _failed(plan, None, f"prompt not attempted: {stopped}", "not written")
+        written = guarded(lambda: write_prompt(plan, tools), attempt, stops, "prompt_writer")
+        if isinstance(written, Failed):
+            return _failed(plan, None, f"prompt: {written.message}", "failed", written.refused)
+        prompt, prompt_status = written
+        if prompt.provenance and prompt.provenance.usage:
+            tokens = prompt.provenance.usage.total_tokens
+
+    references = _references(plan, prompt, portraits, tools.maker.max_references)
+    missing = [p for p in references if p.status != "succeeded" or not p.image_key]
+    if missing:
+        who = missing[0]
+        why = who.error or "it was not drawn"
+        return _failed(
+            plan, prompt, f"reference portrait of {who.name} failed: {why}", prompt_status
+        )
+    i_hash = image_hash(
+        prompt.image_prompt,
+        prompt.negative_prompt,
+        [p.content_hash for p in references],
+        tools.maker.identity,
+        plan.aspect_ratio,
+    )
+    if not plan.forced and i_hash in plan.drawn:
+        record = tools.bucket.read_model(plan.drawn[i_hash], GenerationRecord)
+        if record is not None:
+            entry = entry_from_record(record, tools.maker.identity.offline)
+            return SceneOutcome(
+                entry=entry,
+                prompt_status=prompt_status,
+                tokens=tokens,
+                thumbnails=_thumbnails(tools.bucket, plan.script_id, entry),
+            )
+    stopped = stops.reason("image_maker")
+    if stopped:
+        return _failed(plan, prompt, f"image not attempted: {stopped}", prompt_status)
+    drawn = guarded(
+        lambda: _draw_scene(plan, prompt, references, i_hash, tools),
+        attempt,
+        stops,
+        "image_maker",
+    )
+    if isinstance(drawn, Failed):
+        return _failed(plan, prompt, f"image: {drawn.message}", prompt_status, drawn.refused)
+    entry, thumbs = drawn
+    return SceneOutcome(entry=entry, prompt_status=prompt_status, tokens=tokens, thumbnails=thumbs)
+
+
+def write_prompt(plan: ScenePlan, tools: Tools) -> tuple[PromptChoice, str]:
+    """The scene's written prompt: from the prompt cache, else one writer call (then cached)."""
+    key = layout.prompt_key(plan.script_id, plan.scene.scene_id, plan.prompt_hash)
+    stored = tools.bucket.read_model(key, StoredPrompt)
+    status = "reused"
+    if stored is None:
+        writer = tools.writer()
+        started = utc_now()
+        written = writer.write_scene_prompt(
+            ScenePromptRequest(
+                script_title=plan.script_title,
+                scene=plan.scene,
+                previous_scene=plan.previous_scene,
+                next_scene=plan.next_scene,
+                characters=plan.characters,
+                looks=plan.looks,
+                style=plan.style,
+                aspect_ratio=plan.aspect_ratio,
+                max_prompt_chars=tools.prompt_cap,
+            )
+        )
+        stored = StoredPrompt(
+            script_id=plan.script_id,
+            scene_id=plan.scene.scene_id,
+            prompt_hash=plan.prompt_hash,
+            image_prompt=written.image_prompt,
+            negative_prompt=written.negative_prompt,
+            characters_present=written.characters_present,
+            provenance=PromptProvenance(
+                provider=writer.identity.provider,
+                model=written.model,
+                writer_version=writer.identity.version,
+                offline=writer.identity.offline,
+                usage=written.usage,
+                input_hash=plan.prompt_hash,
+                duration_seconds=round((utc_now() - started).total_seconds(), 3),
+            ),
+        )
+        tools.bucket.write_model(key, stored)
+        status = "written"
+    choice = PromptChoice(
+        image_prompt=stored.image_prompt,
+        negative_prompt=stored.negative_prompt,
+        characters_present=stored.characters_present,
+        source="written",
+        provenance=stored.provenance,
+    )
+    return choice, status
+
+
+def _references(
+    plan: ScenePlan, prompt: PromptChoice, portraits: Mapping[str, Portrait], limit: int
+) -> list[Portrait]:
+    if not plan.references_on:
+        return []
+    return [portraits[n] for n in prompt.characters_present if n in portraits][:limit]
+
+
+def _draw_scene(
+    plan: ScenePlan,
+    prompt: PromptChoice,
+    references: list[Portrait],
+    i_hash: str,
+    tools: Tools,
+) -> tuple[SceneEntry, list[str]]:
+    bucket, sid = tools.bucket, plan.scene.scene_id
+    generation = generation_name(plan.planned_at, i_hash, plan.root_run_id)
+    journal = StoredTaskJournal(
+        bucket,
+        layout.task_key(plan.script_id, ("scenes", sid), i_hash),
+        generation,
+        own_only=plan.forced,
+    )
+    image = tools.maker.make_image(
+        ImageRequest(
+            script_id=plan.script_id,
+            subject=f"scene {sid}",
+            content_hash=i_hash,
+            prompt=prompt.image_prompt,
+            negative_prompt=prompt.negative_prompt,
+            aspect_ratio=plan.aspect_ratio,
+            external_task_id=external_task_id(plan.script_id, sid, generation),
+            references=[bucket.read_bytes(p.image_key) for p in references if p.image_key],
+            n=plan.candidates,
+        ),
+        journal,
+        tools.slots,
+    )
+    keys, uris, thumbs = generations.store_images(
+        bucket, plan.script_id, ("scenes", sid), generation, image.pngs
+    )
+    record = GenerationRecord(
+        script_id=plan.script_id,
+        scene_id=sid,
+        generation=generation,
+        content_hash=i_hash,
+        image_prompt=prompt.image_prompt,
+        negative_prompt=prompt.negative_prompt,
+        image_key=keys[0],
+        image_s3url=uris[0],
+        candidates=uris,
+        prompt=prompt.provenance,
+        image=image.provenance,
+        created_at=utc_now(),
+        prompt_source=prompt.source,
+        source_hash=plan.source_hash,
+        prompt_hash=plan.prompt_hash,
+        config_hash=plan.config_hash,
+        characters=prompt.characters_present,
+        references=[p.uri or bucket.uri(p.image_key or "") for p in references],
+        forced=plan.forced,
+    )
+    generations.write_record(bucket, ("scenes", sid), record)
+    journal.clear()
+    return entry_from_record(record, tools.maker.identity.offline), thumbs
+
+
+def _failed(
+    plan: ScenePlan,
+    prompt: PromptChoice | None,
+    error: str,
+    prompt_status: str,
+    refused: bool = False,
+) -> SceneOutcome:
+    entry = SceneEntry(
+        scene_id=plan.scene.scene_id,
+        status="failed",
+        image_prompt=prompt.image_prompt if prompt else None,
+        negative_prompt=prompt.negative_prompt if prompt else None,
+        prompt_source=prompt.source if prompt else None,
+        characters=prompt.characters_present if prompt else [],
+        error=error,
+        refused=refused,
+        source_hash=plan.source_hash,
+        prompt_hash=plan.prompt_hash,
+        config_hash=plan.config_hash,
+    )
+    return SceneOutcome(entry=entry, prompt_status=prompt_status)  # type: ignore[arg-type]
+
+
+def _thumbnails(bucket: Bucket, script_id: str, entry: SceneEntry) -> list[str]:
+    uris = entry.candidates or ([entry.image_s3url] if entry.image_s3url else [])
+    return generations.thumbnails(bucket, script_id, ("scenes", entry.scene_id), uris)
+
+
+# -- portraits -------------------------------------------------------------------------------
+
+
+def draw_portrait(plan: PortraitPlan, tools: Tools, attempt: Attempt) -> Portrait:
+    """Draw one character's reference portrait (a failed portrait is returned, not raised)."""
+    stops = AccountStops(tools.bucket, attempt.run_id)
+    pending = Portrait(
+        name=plan.name,
+        character_key=plan.character_key,
+        content_hash=plan.content_hash,
+        generation=plan.generation,
+    )
+    stopped = stops.reason("image_maker")
+    if stopped:
+        return pending.model_copy(update={"status": "failed", "error": f"not attempted: {stopped}"})
+    drawn = guarded(lambda: _draw_portrait(plan, tools), attempt, stops, "image_maker")
+    if isinstance(drawn, Failed):
+        return pending.model_copy(update={"status": "failed", "error": drawn.message})
+    return drawn
+
+
+def _draw_portrait(plan: PortraitPlan, tools: Tools) -> Portrait:
+    bucket, subject = tools.bucket, ("characters", plan.character_key)
+    journal = StoredTaskJournal(
+        bucket,
+        layout.task_key(plan.script_id, subject, plan.content_hash),
+        plan.generation,
+        own_only=plan.forced,
+    )
+    prompt = portrait_prompt(plan.look, plan.style)
+    image = tools.maker.make_image(
+        ImageRequest(
+            script_id=plan.script_id,
+            subject=f"portrait of {plan.name}",
+            content_hash=plan.content_hash,
+            prompt=prompt,
+            negative_prompt=PORTRAIT_NEGATIVE_PROMPT,
+            aspect_ratio=PORTRAIT_ASPECT_RATIO,
+            external_task_id=plan.external_task_id,
+        ),
+        journal,
+        tools.slots,
+    )
+    keys, uris, _ = generations.store_images(
+        bucket, plan.script_id, subject, plan.generation, image.pngs
+    )
+    record = PortraitRecord(
+        script_id=plan.script_id,
+        generation=plan.generation,
+        content_hash=plan.content_hash,
+        image_prompt=prompt,
+        negative_prompt=PORTRAIT_NEGATIVE_PROMPT,
+        image_key=keys[0],
+        image_s3url=uris[0],
+        candidates=uris,
+        image=image.provenance,
+        created_at=utc_now(),
+        name=plan.name,
+        character_key=plan.character_key,
+        source="drawn",
+    )
+    generations.write_record(bucket, subject, record)
+    journal.clear()
+    return Portrait(
+        name=plan.name,
+        character_key=plan.character_key,
+        content_hash=plan.content_hash,
+        generation=plan.generation,
+        image_key=keys[0],
+        uri=uris[0],
+        created_at=record.created_at,
+    )

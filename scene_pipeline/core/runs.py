@@ -1,0 +1,137 @@
+"""The two ends of a run, as plain functions: `prepare` (the sheet, then the plan of portraits
+and scenes) and `finish` (every scene's entry, the portraits, the manifest). The steps in
+assets/ wire Dagster's context and resources to these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from scene_pipeline.contract.outputs import (
+    GenerationRecord,
+    Manifest,
+    PortraitRecord,
+    ProviderInfo,
+    SceneEntry,
+)
+from scene_pipeline.core.assessment import Assessment, ScriptView, assess, load_view
+from scene_pipeline.core.manifests import build_manifest
+from scene_pipeline.core.operator import OperatorState, read_state
+from scene_pipeline.core.outcomes import AccountStops, Attempt, Failed, guarded
+from scene_pipeline.core.planning import Providers, Selection, entry_from_record, order_entries
+from scene_pipeline.core.portraits import portrait_from_record
+from scene_pipeline.core.sheets import SheetResult, ensure_sheet
+from scene_pipeline.models import AcceptedScript, Portrait
+from scene_pipeline.providers.base import PromptWriter
+from scene_pipeline.storage import Bucket
+
+
+@dataclass(frozen=True)
+class Prepared:
+    sheet: SheetResult
+    sheet_error: str | None
+    view: ScriptView
+    assessment: Assessment
+    portraits: list[Portrait]  # every portrait scenes may reference; pending: drawn this run
+    carried_scenes: list[SceneEntry]
+
+
+def prepare(
+    bucket: Bucket,
+    accepted: AcceptedScript,
+    writer: Callable[[], PromptWriter],
+    providers: Providers,
+    selection: Selection,
+    attempt: Attempt,
+    *,
+    root_run_id: str,
+    now: datetime,
+    redraw_portraits: Sequence[str] = (),
+) -> Prepared:
+    """Ensure the character sheet, then plan portraits and scenes.
+
+    The sheet follows core/outcomes.py like any paid item: a transient failure is retried by
+    the step; when the writer gives up, the missing looks fall back to the template (marked,
+    and corrected by a later run).
+    """
+    script = accepted.script
+    stops = AccountStops(bucket, attempt.run_id)
+    result = guarded(
+        lambda: ensure_sheet(bucket, script, writer()), attempt, stops, "prompt_writer"
+    )
+    sheet_error = None
+    if isinstance(result, Failed):
+        sheet_error = result.message
+        result = ensure_sheet(bucket, script, writer(), write=False)
+    view = load_view(bucket, script.script_id, accepted)
+    assessment = assess(
+        bucket,
+        view,
+        providers,
+        selection,
+        run_id=root_run_id,
+        now=now,
+        sheet=result.sheet,
+        redraw_portraits=tuple(redraw_portraits),
+    )
+    records = bucket.read_models(assessment.portraits.records_to_read.values(), PortraitRecord)
+    portraits = []
+    for name, portrait in assessment.portraits.current.items():
+        record = records.get(assessment.portraits.records_to_read.get(name, ""))
+        if record is not None:
+            portrait = portrait_from_record(record)
+        elif portrait.image_key:
+            portrait = portrait.model_copy(update={"uri": bucket.uri(portrait.image_key)})
+        portraits.append(portrait)
+    scene_records = bucket.read_models(assessment.scenes.records_to_read.values(), GenerationRecord)
+    carried = list(assessment.scenes.carried)
+    carried += [entry_from_record(r, providers.maker.offline) for r in scene_records.values()]
+    read = {r.scene_id for r in scene_records.values()}
+    # A record listed a moment ago but gone now: the scene is pending, never silently dropped.
+    carried += [
+        SceneEntry(scene_id=sid, status="pending", error="its generation record is gone")
+        for sid in assessment.scenes.records_to_read
+        if sid not in read
+    ]
+    return Prepared(
+        sheet=result,
+        sheet_error=sheet_error,
+        view=view,
+        assessment=assessment,
+        portraits=portraits,
+        carried_scenes=carried,
+    )
+
+
+def finish(
+    accepted: AcceptedScript,
+    entries: Sequence[SceneEntry],
+    portraits: Sequence[Portrait],
+    providers: Providers,
+    state: OperatorState,
+) -> Manifest:
+    """The manifest of this run: every scene in story order, every portrait, picks applied."""
+    script = accepted.script
+    offline = providers.writer.offline or providers.maker.offline
+    return build_manifest(
+        script_id=script.script_id,
+        title=script.title,
+        source=accepted.source,
+        entries=order_entries(script, list(entries)),
+        portraits=sorted(portraits, key=lambda p: _character_order(accepted, p.name)),
+        providers=ProviderInfo(
+            prompt_writer=providers.writer.label(),
+            image_maker=providers.maker.label(),
+            offline=offline,
+        ),
+        state=state,
+    )
+
+
+def _character_order(accepted: AcceptedScript, name: str) -> int:
+    names = [c.name for c in accepted.script.script_metadata.characters]
+    return names.index(name) if name in names else len(names)
+
+
+__all__ = ["Prepared", "finish", "prepare", "read_state"]
