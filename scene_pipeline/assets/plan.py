@@ -3,13 +3,14 @@ changes from the run config, writes the character sheet (the `character_sheet` a
 fans out the portraits and scenes this run draws."""
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from dagster import DynamicOut, DynamicOutput, Failure, OpExecutionContext, Out, Output, op
 
 from scene_pipeline.assets.config import ScriptRunConfig
 from scene_pipeline.assets.metadata import plan_metadata, sheet_metadata
 from scene_pipeline.assets.support import RETRY_POLICY, attempt_of, holding_lease
-from scene_pipeline.contract.outputs import SceneEntry, utc_now
+from scene_pipeline.contract.outputs import SceneEntry
 from scene_pipeline.contract.script import Script
 from scene_pipeline.core import actions
 from scene_pipeline.core.operator import stamp
@@ -83,7 +84,7 @@ def plan_script(
                 selection,
                 attempt_of(context),
                 root_run_id=context.run.root_run_id or context.run_id,
-                now=utc_now(),
+                now=datetime.now(UTC),
                 redraw_portraits=config.redraw_portraits,
             )
         except UnknownScenesError as err:

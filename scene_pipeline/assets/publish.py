@@ -14,13 +14,14 @@ from dagster import (
     op,
 )
 
-from scene_pipeline.assets.metadata import gallery_markdown, scenes_frame, table_metadata
+from scene_pipeline.assets.metadata import gallery_markdown, table_metadata
 from scene_pipeline.assets.support import holding_lease, lease_token
 from scene_pipeline.constants import TAG_LEASE
 from scene_pipeline.contract.outputs import Manifest, SceneEntry
 from scene_pipeline.core import checks, leases
 from scene_pipeline.core.operator import read_state
 from scene_pipeline.core.runs import finish
+from scene_pipeline.core.tables import scenes_frame
 from scene_pipeline.models import AcceptedScript, Portrait, SceneOutcome
 from scene_pipeline.resources.bucket import BucketResource
 from scene_pipeline.resources.providers import (

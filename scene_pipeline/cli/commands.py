@@ -171,7 +171,8 @@ def pick(script_id: str, scene: str, k: int, note_text: str) -> int:
         raise CommandError(str(err)) from None
     entry = next(e for e in manifest.scenes if e.scene_id == scene)
     count = len(entry.candidates)
-    say(f"script {script_id} scene {scene}: candidate {entry.picked} of {count}: {entry.image_s3url}")
+    say(f"script {script_id} scene {scene}: candidate {entry.picked} of {count}:")
+    say(f"  {entry.image_s3url}")
     return EXIT_OK
 
 

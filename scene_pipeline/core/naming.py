@@ -8,8 +8,10 @@ from scene_pipeline.core.hashing import stable_hash
 
 
 def generation_name(now: datetime, content_hash: str, run_id: str) -> str:
-    """Unique and sortable: a UTC timestamp, the content hash, and the run that made it."""
-    return f"{now:%Y%m%dT%H%M%SZ}-{content_hash}-{run_id.replace('-', '')[:8]}"
+    """Unique and sortable: a UTC timestamp (to the millisecond, so that two generations of
+    one second still sort by time), the content hash, and the run that made it."""
+    stamp = f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z"
+    return f"{stamp}-{content_hash}-{run_id.replace('-', '')[:8]}"
 
 
 def content_hash_of(generation: str) -> str:

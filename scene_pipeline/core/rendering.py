@@ -302,6 +302,7 @@ def _draw_portrait(plan: PortraitPlan, tools: Tools) -> Portrait:
     image = tools.maker.make_image(
         ImageRequest(
             script_id=plan.script_id,
+            kind="portrait",
             subject=f"portrait of {plan.name}",
             content_hash=plan.content_hash,
             prompt=prompt,

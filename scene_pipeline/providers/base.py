@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,6 +83,7 @@ class PromptWriter(Protocol):
 
 class ImageRequest(_Model):
     script_id: str
+    kind: Literal["scene", "portrait"] = "scene"
     subject: str = Field(description="What is drawn, for messages: 'scene 3', 'portrait of …'.")
     content_hash: str
     prompt: str

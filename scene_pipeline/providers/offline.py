@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import textwrap
 import time
 from datetime import UTC, datetime
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from scene_pipeline.constants import KLING_MAX_REFERENCES
 from scene_pipeline.contract.outputs import ImageProvenance
@@ -99,11 +98,20 @@ def image_size(aspect_ratio: str, long_side: int) -> tuple[int, int]:
     return round(long_side * w / h), long_side
 
 
-def _wrap(text: str, width_px: int, font_size: int) -> str:
-    # Hangul glyphs are about twice as wide as Latin ones; wrap by an average.
-    wide = sum(1 for ch in text if ord(ch) >= 0x1100)
-    average = font_size * (0.55 + 0.45 * wide / max(1, len(text)))
-    return textwrap.fill(text, width=max(12, int(width_px / average)))
+def _wrap(text: str, width_px: int, font: ImageFont.FreeTypeFont) -> str:
+    """Greedy word wrap by measured width (Hangul and Latin glyphs differ in width)."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if line and font.getlength(candidate) > width_px:
+            lines.append(line)
+            line = word
+        else:
+            line = candidate
+    if line:
+        lines.append(line)
+    return "\n".join(lines)
 
 
 class PlaceholderImageMaker:
@@ -152,14 +160,32 @@ class PlaceholderImageMaker:
         label = request.subject + (f" · candidate {candidate}/{request.n}" if request.n > 1 else "")
         draw.text((margin, band + margin // 2), label, fill="white", font=title)
         top = band + margin // 2 + int(title.size * 1.6)
+        if request.kind == "portrait":
+            top = self._figure(draw, seed, width, height, top) + margin // 2
         insets = self._insets(image, request.references, top, margin)
         if insets:
             top = insets + margin // 2
-        text = _wrap(request.prompt, width - 2 * margin, body.size)
+        text = _wrap(request.prompt, width - 2 * margin, body)
         draw.multiline_text((margin, top), text, fill=(235, 235, 235), font=body, spacing=4)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", optimize=False)
         return buffer.getvalue()
+
+    @staticmethod
+    def _figure(draw: ImageDraw.ImageDraw, seed: bytes, width: int, height: int, top: int) -> int:
+        """A plain standing figure in the character's own colour, so that a portrait is
+        recognisable as one (and tells characters apart) when it is shown as an inset."""
+        colour = (120 + seed[3] % 130, 120 + seed[4] % 130, 120 + seed[5] % 130)
+        cx, unit = width // 2, min(width, height - top) // 10
+        draw.ellipse((cx - unit, top, cx + unit, top + 2 * unit), fill=colour)
+        draw.rounded_rectangle(
+            (cx - 2 * unit, top + 2 * unit + 4, cx + 2 * unit, top + 6 * unit),
+            radius=unit // 2,
+            fill=colour,
+        )
+        draw.rectangle((cx - 2 * unit + 6, top + 6 * unit, cx - 4, top + 9 * unit), fill=colour)
+        draw.rectangle((cx + 4, top + 6 * unit, cx + 2 * unit - 6, top + 9 * unit), fill=colour)
+        return top + 9 * unit
 
     @staticmethod
     def _insets(image: Image.Image, references: list[bytes], top: int, margin: int) -> int:
@@ -169,7 +195,7 @@ class PlaceholderImageMaker:
             return 0
         draw = ImageDraw.Draw(image)
         count = len(references)
-        side = min(image.width // 5, (image.width - 2 * margin) // count - margin // 2)
+        side = min(image.width // 3, (image.width - 2 * margin) // count - margin // 2)
         font = hangul_font(max(10, side // 6))
         x = margin
         for index, png in enumerate(references, start=1):

@@ -31,7 +31,7 @@ _SCRIPT_ID_RE = re.compile(SCRIPT_ID_PATTERN)
 _SCENE_ID_RE = re.compile(SCENE_ID_PATTERN)
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # A generation name: UTC timestamp, content hash, run id (see core.planning.generation_name).
-_GENERATION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]+-[0-9a-f]+$")
+_GENERATION_RE = re.compile(r"^\d{8}T\d{6}(\d{3})?Z-[0-9a-z]+-[0-9a-z]+$")
 
 Subject = tuple[str, str]  # ("scenes", scene_id) or ("characters", character_key)
 

@@ -136,6 +136,8 @@ class LocalObjectStore:
         # Write then rename, so that a reader never sees half an object (like one S3 PUT).
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
         try:
+            # mkstemp makes the file private (0600); objects are for the backend to read.
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
