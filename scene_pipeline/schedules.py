@@ -20,14 +20,13 @@ from dagster import (
 )
 
 from scene_pipeline.constants import (
-    SCENE_JOB_NAME,
     SCRIPT_PARTITIONS_NAME,
     TAG_LAUNCHED_BY,
     TAG_PARTITION,
 )
 from scene_pipeline.contract.outputs import utc_now
 from scene_pipeline.core import leases
-from scene_pipeline.core.nightly import check_scripts, plan_night
+from scene_pipeline.core.nightly import NightlyRequest, check_scripts, plan_night
 from scene_pipeline.resources.bucket import BucketResource
 from scene_pipeline.resources.pipeline import PipelineResource
 from scene_pipeline.resources.providers import (
@@ -66,41 +65,49 @@ def build_nightly_schedule(settings: Settings, job: Any) -> ScheduleDefinition:
         pipeline: PipelineResource,
     ) -> list[RunRequest] | SkipReason:
         store = bucket.get_bucket()
-        busy = {
-            run.tags.get(TAG_PARTITION)
-            for run in context.instance.get_runs(
-                RunsFilter(job_name=SCENE_JOB_NAME, statuses=IN_PROGRESS)
-            )
-        }
-        script_ids = [
-            sid
-            for sid in context.instance.get_dynamic_partitions(SCRIPT_PARTITIONS_NAME)
-            if sid not in busy and leases.holder(store, sid) is None
-        ]
+        scripts = context.instance.get_dynamic_partitions(SCRIPT_PARTITIONS_NAME)
+        busy = busy_scripts(context.instance, store, scripts)
         needs = check_scripts(
-            store, script_ids, planning_providers(prompt_writer, image_maker), pipeline.redraw_stale
+            store,
+            [sid for sid in scripts if sid not in busy],
+            planning_providers(prompt_writer, image_maker),
+            pipeline.redraw_stale,
         )
         for item in needs:
             if item.unreadable:
                 context.log.warning(f"script {item.script_id} skipped: {item.unreadable}")
         requests = plan_night(needs, settings.nightly_max_runs, settings.nightly_max_images)
         if not requests:
-            return SkipReason(f"none of {len(needs)} script(s) has anything to draw")
-        when = (context.scheduled_execution_time or utc_now()).astimezone(ZoneInfo(timezone))
-        night = when.strftime("%Y-%m-%d")
-        return [
-            RunRequest(
-                partition_key=r.script_id,
-                # One run per script per night, however often the tick is evaluated.
-                run_key=f"nightly:{night}:{r.script_id}",
-                run_config=scene_selection_config(r.scene_ids),
-                tags={TAG_LAUNCHED_BY: "nightly", "scene_pipeline/reason": r.reason[:200]},
+            due = sum(1 for n in needs if n.images and not n.unreadable)
+            return SkipReason(
+                f"{len(scripts)} script(s): {due} with something to draw (none within tonight's"
+                f" budget), {len(busy)} busy"
             )
-            for r in requests
-        ]
+        when = (context.scheduled_execution_time or utc_now()).astimezone(ZoneInfo(timezone))
+        return [run_request(r, when.strftime("%Y-%m-%d")) for r in requests]
 
     return nightly_regeneration_schedule
 
 
 def scene_selection_config(scene_ids: list[str]) -> dict:
     return {"ops": {"scenes": {"ops": {"plan_script": {"config": {"scene_ids": scene_ids}}}}}}
+
+
+def busy_scripts(instance: Any, bucket: Any, script_ids: list[str]) -> set[str]:
+    """Scripts with a run queued or going (any job: scene_job, a UI materialization, a
+    backfill) or held by another holder (a CLI run): another run would pay for the same
+    scenes (a run still queued has no manifest yet, so its script looks failed)."""
+    running = {
+        run.tags.get(TAG_PARTITION) for run in instance.get_runs(RunsFilter(statuses=IN_PROGRESS))
+    }
+    return {sid for sid in script_ids if sid in running or leases.holder(bucket, sid)}
+
+
+def run_request(request: NightlyRequest, night: str) -> RunRequest:
+    return RunRequest(
+        partition_key=request.script_id,
+        # One run per script per night, however often the tick is evaluated.
+        run_key=f"nightly:{night}:{request.script_id}",
+        run_config=scene_selection_config(request.scene_ids),
+        tags={TAG_LAUNCHED_BY: "nightly", "scene_pipeline/reason": request.reason[:200]},
+    )

@@ -9,23 +9,15 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from scene_pipeline.settings import variable_names
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 SAMPLE = REPO.parent / "shared" / "samples" / "strange_oldman.json"
 
-# Every setting that would switch the pipeline to real services or another folder.
-PIPELINE_ENV = (
-    "S3_BUCKET_NAME",
-    "AWS_ENDPOINT_URL",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "KLING_ACCESS_KEY",
-    "KLING_SECRET_KEY",
-    "KLING_API_BASE_URL",
-    "SCENE_PIPELINE_IMAGE_PROVIDER",
-    "SCENE_PIPELINE_LOCAL_DIR",
-    "DAGSTER_HOME",
-)
+# Every variable the code reads (the settings model's list, so a new setting is cleared the
+# day it is added), plus Dagster's home: a developer's exported values never leak in.
+PIPELINE_ENV = (*variable_names(), "DAGSTER_HOME")
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,7 @@
 """Helpers that run the real assets on a real Dagster instance, with chosen resources."""
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 from typing import Any
@@ -7,75 +9,89 @@ from typing import Any
 from dagster import DagsterInstance, materialize
 
 from scene_pipeline.assets import all_assets
-from scene_pipeline.bucket import Bucket
 from scene_pipeline.constants import SCRIPT_PARTITIONS_NAME
 from scene_pipeline.contract.outputs import Manifest, SourceRef, utc_now
 from scene_pipeline.contract.script import parse_script
-from scene_pipeline.io_managers import JsonIOManager, ManifestIOManager
-from scene_pipeline.models import AcceptedScript
+from scene_pipeline.core.intake import accepted_script, store_accepted
+from scene_pipeline.io_managers import JsonIOManager, ManifestIOManager, ScriptDocumentIOManager
+from scene_pipeline.resources.bucket import BucketResource
+from scene_pipeline.resources.pipeline import PipelineResource
 from scene_pipeline.resources.providers import (
     ImageMakerResource,
     OfflineImageMakerResource,
     OfflinePromptWriterResource,
+    PromptWriterResource,
 )
-from scene_pipeline.resources.storage import StorageResource
+from scene_pipeline.resources.slots import ensure_pool_limit
+from scene_pipeline.storage import Bucket
 
 
-def accept(storage: StorageResource, document: Any, instance: DagsterInstance) -> str:
+def accept(bucket: BucketResource, document: Any, instance: DagsterInstance) -> str:
     """What the sensor and the CLI do before a run: store the accepted copy, add the partition."""
     data = document if isinstance(document, bytes) else json.dumps(document).encode()
     script, shape = parse_script(data)
-    storage.get_bucket().write_accepted(
-        AcceptedScript(
-            script=script, source=SourceRef(key="test"), shape=shape, accepted_at=utc_now()
-        )
+    store_accepted(
+        bucket.get_bucket(),
+        accepted_script(script, shape, SourceRef(key="test"), utc_now()),
+        keep_newer=False,
     )
-    instance.add_dynamic_partitions(SCRIPT_PARTITIONS_NAME, [script.script_id])
+    if not instance.has_dynamic_partition(SCRIPT_PARTITIONS_NAME, script.script_id):
+        instance.add_dynamic_partitions(SCRIPT_PARTITIONS_NAME, [script.script_id])
     return script.script_id
 
 
-def resources(storage: StorageResource, image_maker: ImageMakerResource | None = None) -> dict:
+def resources(
+    bucket: BucketResource,
+    image_maker: ImageMakerResource | None = None,
+    prompt_writer: PromptWriterResource | None = None,
+    pipeline: PipelineResource | None = None,
+) -> dict[str, Any]:
     return {
-        "storage": storage,
-        "prompt_writer": OfflinePromptWriterResource(),
-        "image_maker": image_maker or OfflineImageMakerResource(long_side=128),
-        "io_manager": JsonIOManager(storage=storage),
-        "manifest_io_manager": ManifestIOManager(storage=storage),
+        "bucket": bucket,
+        "prompt_writer": prompt_writer or OfflinePromptWriterResource(),
+        "image_maker": image_maker or OfflineImageMakerResource(long_side=320),
+        "pipeline": pipeline or PipelineResource(),
+        "io_manager": JsonIOManager(bucket=bucket),
+        "script_io_manager": ScriptDocumentIOManager(bucket=bucket),
+        "manifest_io_manager": ManifestIOManager(bucket=bucket),
     }
+
+
+def plan_config(**config: Any) -> dict[str, Any]:
+    """Run config of scene_job's first step (scene selection, overrides, picks, ...)."""
+    return {"ops": {"scenes": {"ops": {"plan_script": {"config": config}}}}}
 
 
 def run_script(
     instance: DagsterInstance,
-    storage: StorageResource,
+    bucket: BucketResource,
     script_id: str,
     *,
-    scene_ids: list[str] | None = None,
-    force: bool = False,
     image_maker: ImageMakerResource | None = None,
+    prompt_writer: PromptWriterResource | None = None,
+    pipeline: PipelineResource | None = None,
+    expect_success: bool = True,
+    **config: Any,
 ) -> Manifest:
+    """Materialize every asset of one partition in-process (the CLI's small-run path)."""
+    ensure_pool_limit(instance, (pipeline or PipelineResource()).kling_pool_limit)
     result = materialize(
         all_assets,
         partition_key=script_id,
         instance=instance,
-        resources=resources(storage, image_maker),
-        run_config={
-            "ops": {
-                "scenes": {
-                    "ops": {
-                        "plan_scenes": {"config": {"scene_ids": scene_ids or [], "force": force}}
-                    }
-                }
-            }
-        },
+        resources=resources(bucket, image_maker, prompt_writer, pipeline),
+        run_config=plan_config(**config),
+        raise_on_error=False,
+        selection=[a for a in all_assets if hasattr(a, "node_def")],
     )
-    assert result.success
-    manifest = storage.get_bucket().read_manifest(script_id)
+    assert result.success is expect_success, result
+    manifest = bucket.get_bucket().read_manifest(script_id)
     assert manifest is not None
     return manifest
 
 
 def keys(bucket: Bucket, prefix: str) -> list[str]:
-    return [info.key for info in bucket.store.list(prefix)]
+    return [info.key for info in bucket.list(prefix)]
 
 
 def png_size(data: bytes) -> tuple[int, int]:

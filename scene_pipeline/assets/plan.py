@@ -9,7 +9,7 @@ from dagster import DynamicOut, DynamicOutput, Failure, OpExecutionContext, Out,
 
 from scene_pipeline.assets.config import ScriptRunConfig
 from scene_pipeline.assets.metadata import plan_metadata, sheet_metadata
-from scene_pipeline.assets.support import RETRY_POLICY, attempt_of, holding_lease
+from scene_pipeline.assets.support import RETRY_POLICY, attempt_of, script_step
 from scene_pipeline.contract.outputs import SceneEntry
 from scene_pipeline.contract.script import Script
 from scene_pipeline.core import actions
@@ -55,7 +55,7 @@ def plan_script(
     """Write the character sheet (once per look) and decide what this run draws."""
     script, store = script_document.script, bucket.get_bucket()
     providers = planning_providers(prompt_writer, image_maker)
-    with holding_lease(context, store, script.script_id, wait=True):
+    with script_step(context, store, script.script_id, wait=True):
         apply_operator_config(context, store, script, config, prompt_writer.max_prompt_chars)
         previous = ensure_pool_limit(context.instance, pipeline.kling_pool_limit)
         if previous is not None:

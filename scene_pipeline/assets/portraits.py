@@ -4,7 +4,7 @@
 from dagster import OpExecutionContext, Output, op
 
 from scene_pipeline.assets.metadata import portrait_metadata, portraits_metadata
-from scene_pipeline.assets.support import RETRY_POLICY, attempt_of, holding_lease, tools
+from scene_pipeline.assets.support import RETRY_POLICY, attempt_of, script_step, tools
 from scene_pipeline.core.operator import read_state, update_state, without_portrait_redraws
 from scene_pipeline.core.rendering import draw_portrait as draw
 from scene_pipeline.models import Portrait, PortraitPlan
@@ -22,7 +22,7 @@ def draw_portrait(
     image_maker: ImageMakerResource,
 ) -> Output[Portrait]:
     """Draw one character's reference portrait (one paid task)."""
-    with holding_lease(context, bucket.get_bucket(), plan.script_id):
+    with script_step(context, bucket.get_bucket(), plan.script_id):
         portrait = draw(
             plan, tools(context, bucket, prompt_writer, image_maker), attempt_of(context)
         )

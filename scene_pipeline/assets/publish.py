@@ -15,7 +15,7 @@ from dagster import (
 )
 
 from scene_pipeline.assets.metadata import gallery_markdown, table_metadata
-from scene_pipeline.assets.support import holding_lease, lease_token
+from scene_pipeline.assets.support import lease_token, script_step
 from scene_pipeline.constants import TAG_LEASE
 from scene_pipeline.contract.outputs import Manifest, SceneEntry
 from scene_pipeline.core import checks, leases
@@ -58,7 +58,7 @@ def publish_script(
 ) -> Iterator[Output | AssetCheckResult]:
     """Merge this run's scenes with the others; write the manifest the backend reads."""
     sid, store = script_document.script.script_id, bucket.get_bucket()
-    with holding_lease(context, store, sid):
+    with script_step(context, store, sid):
         manifest = finish(
             script_document,
             [*carried, *(o.entry for o in outcomes)],

@@ -5,7 +5,7 @@ scene is retryable and re-executable on its own, and shows its prompt and image.
 from dagster import OpExecutionContext, Output, op
 
 from scene_pipeline.assets.metadata import scene_metadata
-from scene_pipeline.assets.support import RETRY_POLICY, attempt_of, holding_lease, tools
+from scene_pipeline.assets.support import RETRY_POLICY, attempt_of, script_step, tools
 from scene_pipeline.core.rendering import render_scene as render
 from scene_pipeline.models import Portrait, SceneOutcome, ScenePlan
 from scene_pipeline.resources.bucket import BucketResource
@@ -23,7 +23,7 @@ def render_scene(
 ) -> Output[SceneOutcome]:
     """Write (or reuse) one scene's prompt and draw its picture."""
     portraits = {p.name: p for p in character_portraits}
-    with holding_lease(context, bucket.get_bucket(), plan.script_id):
+    with script_step(context, bucket.get_bucket(), plan.script_id):
         outcome = render(
             plan, portraits, tools(context, bucket, prompt_writer, image_maker), attempt_of(context)
         )

@@ -13,10 +13,11 @@ from scene_pipeline.constants import TAG_LEASE
 from scene_pipeline.core import leases
 from scene_pipeline.core.outcomes import Attempt
 from scene_pipeline.core.rendering import Tools
+from scene_pipeline.providers.errors import TransientProviderError
 from scene_pipeline.resources.bucket import BucketResource
 from scene_pipeline.resources.providers import ImageMakerResource, PromptWriterResource
 from scene_pipeline.resources.slots import PoolSlots
-from scene_pipeline.storage import Bucket
+from scene_pipeline.storage import Bucket, StorageError
 
 # The second and last owner of retries (the first is each provider's client): what the
 # client gave up on is tried again twice, 10 s and then about 20 s later.
@@ -27,6 +28,21 @@ RETRY_POLICY = RetryPolicy(
 # How long a run waits for a script that another holder (a CLI run) is working on.
 LEASE_WAIT_SECONDS = 900
 LEASE_POLL_SECONDS = 5
+
+
+@contextmanager
+def our_errors_fail_loudly() -> Iterator[None]:
+    """Only provider and storage trouble is worth a retry (RetryPolicy); anything else is a bug
+    of ours: it fails the step (and the run) at once, with its traceback as the cause."""
+    try:
+        yield
+    except (TransientProviderError, StorageError, Failure):
+        raise
+    except Exception as err:
+        raise Failure(
+            description=f"internal error: {type(err).__name__}: {err}"[:500],
+            allow_retries=False,
+        ) from err
 
 
 def attempt_of(context: OpExecutionContext) -> Attempt:
@@ -42,10 +58,11 @@ def lease_token(context: OpExecutionContext) -> str:
 
 
 @contextmanager
-def holding_lease(
+def script_step(
     context: OpExecutionContext, bucket: Bucket, script_id: str, *, wait: bool = False
 ) -> Iterator[None]:
-    """Hold (or renew) the script's lease for this step, renewing it in the background.
+    """The frame of every step's work: hold (or renew) the script's lease, renewing it in the
+    background, and let our own errors fail the step at once (`our_errors_fail_loudly`).
 
     `wait`: wait for another holder to finish (the plan step), instead of failing at once.
     """
@@ -74,7 +91,8 @@ def holding_lease(
     keeper = threading.Thread(target=renew, name="lease-keeper", daemon=True)
     keeper.start()
     try:
-        yield
+        with our_errors_fail_loudly():
+            yield
     finally:
         stop.set()
 

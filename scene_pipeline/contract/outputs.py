@@ -108,6 +108,9 @@ class PortraitRecord(ImageRecord):
     name: str
     character_key: str
     source: PortraitSource
+    look_hash: str | None = Field(
+        default=None, description="What the portrait shows (its look and style), not who drew it."
+    )
 
 
 class SceneEntry(_Model):

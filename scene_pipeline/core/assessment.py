@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from scene_pipeline.contract.outputs import Manifest
+from scene_pipeline.contract.outputs import Manifest, PortraitRecord
 from scene_pipeline.core.intake import read_accepted
 from scene_pipeline.core.operator import OperatorState, read_state
 from scene_pipeline.core.planning import Providers, ScenePlanning, Selection, plan_scenes
@@ -102,7 +102,9 @@ def assess(
             providers.maker,
             view.state,
             view.portrait_generations,
+            lambda key: bucket.read_model(key, PortraitRecord),
             redraw=redraw_portraits,
+            refresh_stale=selection.refresh_stale,
             run_id=run_id,
             now=now,
         )

@@ -96,6 +96,11 @@ def override_prompt_hash(text: str) -> str:
     return stable_hash({"override": text})
 
 
+def look_hash(look: str, style: str | None) -> str:
+    """What a portrait shows, whoever draws it: a change here is a content change."""
+    return stable_hash({"portrait": look, "style": style})
+
+
 def portrait_hash(look: str, style: str | None, maker: ProviderIdentity) -> str:
     return stable_hash({"portrait": look, "style": style, "maker": maker.model_dump(mode="json")})
 

@@ -123,7 +123,10 @@ def evaluate_inbox(
     # Fresh objects first, oldest first; objects whose reads keep failing go last.
     new.sort(key=lambda i: (cursor.failures_of(i) > 0, i.last_modified, i.key))
     batch = new[:max_per_tick]
-    reads = _read_within_budget(bucket, batch, started + budget_seconds)
+    # The budget counts from the tick's start, but a slow listing (a huge S3 inbox) still
+    # leaves a quarter of it for reading, so that the inbox always makes progress.
+    deadline = max(started + budget_seconds, time.monotonic() + budget_seconds / 4)
+    reads = _read_within_budget(bucket, batch, deadline)
 
     outcome = TickOutcome(deferred=len(new) - len(reads))
     done = _decide(bucket, prefix, reads, outcome, log, needs_run)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from scene_pipeline.contract.outputs import GenerationRecord, Manifest, SceneEntry
-from scene_pipeline.contract.script import Scene, Script
+from scene_pipeline.contract.script import Character, Scene, Script
 from scene_pipeline.core.hashing import (
     config_hash,
     image_hash,
@@ -92,7 +92,7 @@ def entry_from_record(record: GenerationRecord, offline: bool) -> SceneEntry:
         image_s3url=record.image_s3url,
         provider=record.image.provider,
         model=record.image.model,
-        offline=offline or record.image.offline or record.prompt.offline,
+        offline=offline or record.image.offline or bool(record.prompt and record.prompt.offline),
         content_hash=record.content_hash,
         generation=record.generation,
         generated_at=record.created_at,
@@ -147,6 +147,106 @@ def known_prompt(
     )
 
 
+@dataclass(frozen=True)
+class _Scene:
+    """What one scene is made from, and what the bucket already holds for it."""
+
+    index: int
+    scene: Scene
+    involved: list[Character]
+    looks: list[CharacterLook]
+    source_hash: str
+    prompt_hash: str
+    prompt: PromptChoice | None
+    image_hash: str | None
+    drawn: dict[str, GenerationRef]
+    last: SceneEntry | None
+
+
+def _inputs(
+    script: Script,
+    index: int,
+    sheet: CharacterSheet,
+    portraits: Mapping[str, Portrait],
+    state: OperatorState,
+    last: SceneEntry | None,
+    generations: Mapping[str, list[GenerationRef]],
+    stored_prompt: Callable[[str, str], StoredPrompt | None],
+    providers: Providers,
+) -> _Scene:
+    scene = script.scenes[index]
+    involved = involved_characters(script, scene)
+    override = state.overrides.get(scene.scene_id)
+    by_name = {look.name: look.look for look in sheet.looks}
+    looks = [
+        CharacterLook(name=c.name, look=by_name[c.name]) for c in involved if c.name in by_name
+    ]
+    prompt: PromptChoice | None
+    if override is not None:
+        p_hash = override_prompt_hash(override.prompt)
+        prompt = PromptChoice(
+            image_prompt=override.prompt,
+            negative_prompt=negative_prompt_for(script.options.style),
+            characters_present=[c.name for c in involved],
+            source="override",
+        )
+    else:
+        p_hash = prompt_hash(script, scene, looks, providers.writer, providers.prompt_cap)
+        prompt = known_prompt(scene, p_hash, last, stored_prompt)
+    i_hash = None
+    if prompt is not None:
+        i_hash = image_hash(
+            prompt.image_prompt,
+            prompt.negative_prompt,
+            reference_hashes(prompt.characters_present, portraits, providers),
+            providers.maker,
+            script.options.aspect_ratio,
+        )
+    return _Scene(
+        index=index,
+        scene=scene,
+        involved=involved,
+        looks=looks,
+        source_hash=scene_source_hash(script, scene, override.prompt if override else None),
+        prompt_hash=p_hash,
+        prompt=prompt,
+        image_hash=i_hash,
+        drawn={g.content_hash: g for g in generations.get(scene.scene_id, [])},
+        last=last,
+    )
+
+
+def _place(item: _Scene, selection: Selection, config: str, planning: ScenePlanning) -> bool:
+    """Carry the scene as it is when nothing is to be drawn for it; False: render it."""
+    sid, last = item.scene.scene_id, item.last
+    explicitly = sid in selection.scene_ids
+    wanted = explicitly or not selection.scene_ids
+    forced = selection.force and wanted
+    if item.image_hash in item.drawn and not forced:
+        latest = item.drawn[item.image_hash or ""]
+        if last is not None and last.status == "succeeded" and last.generation == latest.generation:
+            planning.carried.append(last)
+        else:
+            planning.records_to_read[sid] = latest.record_key
+        return True
+    if not wanted:
+        planning.carried.append(last or SceneEntry(scene_id=sid, status="pending"))
+        return True
+    if explicitly or forced:
+        return False
+    if last is not None and last.refused and last.source_hash == item.source_hash:
+        planning.carried.append(last)
+        planning.refused.append(sid)
+        return True
+    stale_reason = _stale(last, item.source_hash, config, item.drawn)
+    if stale_reason and not selection.refresh_stale:
+        assert last is not None
+        planning.carried.append(last)
+        planning.stale[sid] = stale_reason
+        return True
+    return False
+
+
 def plan_scenes(
     script: Script,
     *,
@@ -169,78 +269,16 @@ def plan_scenes(
             f" (its scenes: {', '.join(scene_ids)})"
         )
     previous_entries = {e.scene_id: e for e in previous.scenes} if previous else {}
-    looks_by_name = {look.name: look for look in sheet.looks}
     config = providers.config_hash
     planning = ScenePlanning()
     for index, scene in enumerate(script.scenes):
-        sid = scene.scene_id
-        involved = involved_characters(script, scene)
-        override = state.overrides.get(sid)
-        source = scene_source_hash(script, scene, override.prompt if override else None)
-        looks = [
-            CharacterLook(name=c.name, look=looks_by_name[c.name].look)
-            for c in involved
-            if c.name in looks_by_name
-        ]
-        last = previous_entries.get(sid)
-        if override is not None:
-            p_hash = override_prompt_hash(override.prompt)
-            prompt: PromptChoice | None = PromptChoice(
-                image_prompt=override.prompt,
-                negative_prompt=negative_prompt_for(script.options.style),
-                characters_present=[c.name for c in involved],
-                source="override",
-            )
-        else:
-            p_hash = prompt_hash(script, scene, looks, providers.writer, providers.prompt_cap)
-            prompt = known_prompt(scene, p_hash, last, stored_prompt)
-        drawn = {g.content_hash: g for g in generations.get(sid, [])}
-        i_hash = (
-            image_hash(
-                prompt.image_prompt,
-                prompt.negative_prompt,
-                reference_hashes(prompt.characters_present, portraits, providers),
-                providers.maker,
-                script.options.aspect_ratio,
-            )
-            if prompt is not None
-            else None
-        )
-        explicitly = sid in selection.scene_ids
-        wanted = explicitly or not selection.scene_ids
-        forced = selection.force and wanted
-
-        if i_hash is not None and i_hash in drawn and not forced:
-            latest = drawn[i_hash]
-            if (
-                last is not None
-                and last.status == "succeeded"
-                and last.generation == latest.generation
-            ):
-                planning.carried.append(last)
-            else:
-                planning.records_to_read[sid] = latest.record_key
+        item = _inputs(
+            script, index, sheet, portraits, state, previous_entries.get(scene.scene_id),
+            generations, stored_prompt, providers,
+        )  # fmt: skip
+        if _place(item, selection, config, planning):
             continue
-        if not wanted:
-            planning.carried.append(
-                last if last is not None else SceneEntry(scene_id=sid, status="pending")
-            )
-            continue
-        if (
-            last is not None
-            and last.refused
-            and last.source_hash == source
-            and not (explicitly or forced)
-        ):
-            planning.carried.append(last)
-            planning.refused.append(sid)
-            continue
-        stale_reason = _stale(last, source, config, drawn)
-        if stale_reason and not (selection.refresh_stale or explicitly or forced):
-            assert last is not None
-            planning.carried.append(last)
-            planning.stale[sid] = stale_reason
-            continue
+        wanted_explicitly = scene.scene_id in selection.scene_ids or not selection.scene_ids
         planning.to_render.append(
             ScenePlan(
                 script_id=script.script_id,
@@ -248,23 +286,22 @@ def plan_scenes(
                 scene=scene,
                 previous_scene=script.scenes[index - 1] if index > 0 else None,
                 next_scene=script.scenes[index + 1] if index + 1 < len(script.scenes) else None,
-                characters=involved,
-                looks=looks,
+                characters=item.involved,
+                looks=item.looks,
                 style=script.options.style,
                 aspect_ratio=script.options.aspect_ratio,
-                source_hash=source,
+                source_hash=item.source_hash,
                 config_hash=config,
-                prompt_hash=p_hash,
-                prompt=prompt,
+                prompt_hash=item.prompt_hash,
+                prompt=item.prompt,
                 references_on=providers.references_on,
                 candidates=selection.candidates,
-                forced=forced,
+                forced=selection.force and wanted_explicitly,
                 planned_at=now,
                 root_run_id=run_id,
-                drawn={h: g.record_key for h, g in drawn.items()},
+                drawn={h: g.record_key for h, g in item.drawn.items()},
             )
         )
-
     current = set(scene_ids)
     for sid, entry in previous_entries.items():
         if sid not in current:

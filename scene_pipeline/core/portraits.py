@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from scene_pipeline.contract.outputs import PortraitRecord
 from scene_pipeline.contract.script import Script
-from scene_pipeline.core.hashing import portrait_hash
+from scene_pipeline.core.hashing import look_hash, portrait_hash
 from scene_pipeline.core.naming import external_task_id, generation_name
 from scene_pipeline.core.operator import OperatorState
 from scene_pipeline.models import CharacterSheet, Portrait, PortraitPlan
@@ -74,6 +74,32 @@ class PortraitPlanning:
     current: dict[str, Portrait] = field(default_factory=dict)
     to_draw: list[PortraitPlan] = field(default_factory=list)
     records_to_read: dict[str, str] = field(default_factory=dict)  # name -> record key
+    stale: dict[str, str] = field(default_factory=dict)  # name -> why it is kept anyway
+
+
+def _reused(name: str, key: str, ref: GenerationRef) -> Portrait:
+    return Portrait(
+        name=name,
+        character_key=key,
+        content_hash=ref.content_hash,
+        generation=ref.generation,
+        image_key=ref.image_keys[0],
+    )
+
+
+def _same_look_other_maker(
+    refs: list[GenerationRef],
+    wanted_look: str,
+    read_record: Callable[[str], PortraitRecord | None],
+) -> GenerationRef | None:
+    """The latest drawn portrait of the same look made by other providers, if any: it stays
+    (stale) until an operator asks for stale pictures to be redrawn."""
+    if not refs:
+        return None
+    record = read_record(refs[-1].record_key)
+    if record is None or record.source != "drawn" or record.look_hash != wanted_look:
+        return None
+    return refs[-1]
 
 
 def plan_portraits(
@@ -82,8 +108,10 @@ def plan_portraits(
     maker: ProviderIdentity,
     state: OperatorState,
     generations: dict[str, list[GenerationRef]],
+    read_record: Callable[[str], PortraitRecord | None],
     *,
     redraw: Sequence[str] = (),
+    refresh_stale: bool = False,
     run_id: str,
     now: datetime,
 ) -> PortraitPlanning:
@@ -92,8 +120,9 @@ def plan_portraits(
     planning = PortraitPlanning()
     for name in appearing(script):
         key = character_key(name)
+        forced = key in state.portrait_redraws or name in redraw
         pinned = state.pinned_portraits.get(key)
-        if pinned is not None and key not in state.portrait_redraws and name not in redraw:
+        if pinned is not None and not forced:
             planning.current[name] = Portrait(
                 name=name,
                 character_key=key,
@@ -105,40 +134,40 @@ def plan_portraits(
             continue
         look = looks.get(name, "")
         wanted = portrait_hash(look, script.options.style, maker)
-        drawn = [g for g in generations.get(key, []) if g.content_hash == wanted]
-        forced = key in state.portrait_redraws or name in redraw
-        if drawn and not forced:
-            latest = drawn[-1]
-            planning.current[name] = Portrait(
-                name=name,
-                character_key=key,
-                content_hash=wanted,
-                generation=latest.generation,
-                image_key=latest.image_keys[0],
-            )
-            planning.records_to_read[name] = latest.record_key
+        refs = generations.get(key, [])
+        drawn = [g for g in refs if g.content_hash == wanted]
+        kept = (
+            None
+            if forced or refresh_stale
+            else _same_look_other_maker(refs, look_hash(look, script.options.style), read_record)
+        )
+        if not forced and (drawn or kept):
+            ref = drawn[-1] if drawn else kept
+            assert ref is not None
+            planning.current[name] = _reused(name, key, ref)
+            planning.records_to_read[name] = ref.record_key
+            if not drawn:
+                planning.stale[name] = "drawn by other providers (kept until stale redraws)"
             continue
         generation = generation_name(now, wanted, run_id)
-        plan = PortraitPlan(
-            script_id=script.script_id,
-            name=name,
-            character_key=key,
-            look=look,
-            style=script.options.style,
-            content_hash=wanted,
-            generation=generation,
-            external_task_id=external_task_id(script.script_id, f"portrait:{key}", generation),
-            forced=forced,
+        planning.to_draw.append(
+            PortraitPlan(
+                script_id=script.script_id,
+                name=name,
+                character_key=key,
+                look=look,
+                style=script.options.style,
+                content_hash=wanted,
+                generation=generation,
+                external_task_id=external_task_id(script.script_id, f"portrait:{key}", generation),
+                forced=forced,
+            )
         )
-        planning.to_draw.append(plan)
         # Scenes are planned against the portrait this run is about to draw.
         planning.current[name] = Portrait(
-            name=name,
-            character_key=key,
-            content_hash=wanted,
-            generation=generation,
+            name=name, character_key=key, content_hash=wanted, generation=generation,
             status="pending",
-        )
+        )  # fmt: skip
     return planning
 
 

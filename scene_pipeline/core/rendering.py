@@ -19,7 +19,7 @@ from scene_pipeline.contract.outputs import (
     utc_now,
 )
 from scene_pipeline.core import generations
-from scene_pipeline.core.hashing import image_hash
+from scene_pipeline.core.hashing import image_hash, look_hash
 from scene_pipeline.core.naming import external_task_id, generation_name
 from scene_pipeline.core.outcomes import AccountStops, Attempt, Failed, guarded
 from scene_pipeline.core.planning import entry_from_record
@@ -330,6 +330,7 @@ def _draw_portrait(plan: PortraitPlan, tools: Tools) -> Portrait:
         name=plan.name,
         character_key=plan.character_key,
         source="drawn",
+        look_hash=look_hash(plan.look, plan.style),
     )
     generations.write_record(bucket, subject, record)
     journal.clear()

@@ -162,7 +162,9 @@ class KlingImageMaker:
                 after every resubmit, or timed out.
         """
         started = self._monotonic()
-        endpoint: Endpoint = "multi-image2image" if request.references else "generations"
+        # Without a reference model the maker draws from text only, whatever it is given.
+        with_references = bool(request.references) and self._reference_model is not None
+        endpoint: Endpoint = "multi-image2image" if with_references else "generations"
         with provider_errors():
             with slots.hold(request.n):
                 task, attempt, external_id = self._finished_task(request, journal, endpoint)
@@ -184,7 +186,7 @@ class KlingImageMaker:
             pngs=pngs,
             provenance=ImageProvenance(
                 provider=self.identity.provider,
-                model=self._reference_model if request.references else self._model,
+                model=self._reference_model if with_references else self._model,
                 task_id=task.task_id,
                 external_task_id=external_id,
                 attempts=attempt,
@@ -267,7 +269,7 @@ class KlingImageMaker:
             body["model_name"] = self._reference_model
             body["subject_image_list"] = [
                 {"subject_image": encode_image(png)}
-                for png in request.references[:KLING_MAX_REFERENCES]
+                for png in request.references[: self.max_references]
             ]
         else:
             body["model_name"] = self._model

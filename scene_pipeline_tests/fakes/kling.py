@@ -7,11 +7,28 @@ submitted → processing → succeed/failed after a latency, the account's concu
 (429 1303), the list endpoint, and result images served by the server itself at signed-looking
 URLs (`/images/<task>-<index>.png?signature=...`).
 
+Two task endpoints, each with its create, read and list routes:
+- `/v1/images/generations` (text to image);
+- `/v1/images/multi-image2image` (reference pictures: `subject_image_list` of 1-4
+  `{"subject_image": <base64 or URL>}`, optional `scene_image` and `style_image`; models
+  `kling-v2` and `kling-v2-1`). A picture sent as base64 must be a PNG or JPEG of at most
+  10 MB, at least 300 px on each side, aspect ratio between 1:2.5 and 2.5:1, without a
+  `data:` prefix; otherwise 400/1201 naming the rule. URLs are accepted unfetched.
+A task is read only at the endpoint that created it (the other one answers 404/1203);
+external ids are unique across both, and both share the account's concurrency limit (a task
+holds `n` slots). Fields an endpoint does not document are ignored, as the real API does
+(the earlier client's `model` fell back silently), and recorded in `FakeTask.ignored_fields`.
+
+Result URLs can be made to expire (`expire_image_urls()`): the old URLs then answer 403, like
+an expired signed URL (counted in `expired_downloads`), and the next read of the task hands out
+freshly signed ones.
+
 Faults are injected with knobs (`FakeKlingOptions`): rates drawn from a seeded RNG, and
 deterministic options (prompt markers, `fail_next`, `lose_next_submit_answers`). Knobs may be
 changed while the server runs. Everything it saw is recorded for assertions (and benchmarks):
 accepted tasks, successful tasks per request, the most tasks in flight, request and answer
-counts, the tokens presented.
+counts, the tokens presented; per task its endpoint and, for multi-image tasks, the sha256
+of every reference picture in request order (`FakeTask.subject_images`).
 
     with FakeKlingServer(task_latency_seconds=0.1, concurrency_limit=3) as kling:
         client = KlingClient(kling.options.access_key, kling.options.secret_key,
@@ -22,6 +39,8 @@ counts, the tokens presented.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import io
@@ -32,7 +51,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,6 +63,46 @@ MODELS = ("kling-v1", "kling-v1-5", "kling-v2", "kling-v2-new", "kling-v2-1")
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9")
 PROMPT_LIMIT = 2500
 GENERATIONS = "/v1/images/generations"
+MULTI_IMAGE = "/v1/images/multi-image2image"
+#: `FakeTask.endpoint` values, and the path of each.
+ENDPOINT_PATHS = {"generations": GENERATIONS, "multi-image2image": MULTI_IMAGE}
+#: The body fields each create endpoint documents; others are ignored (and recorded).
+DOCUMENTED_FIELDS = {
+    "generations": frozenset(
+        {
+            "model_name",
+            "prompt",
+            "negative_prompt",
+            "image",
+            "image_reference",
+            "image_fidelity",
+            "human_fidelity",
+            "resolution",
+            "n",
+            "aspect_ratio",
+            "callback_url",
+            "external_task_id",
+        }
+    ),
+    "multi-image2image": frozenset(
+        {
+            "model_name",
+            "prompt",
+            "subject_image_list",
+            "scene_image",
+            "style_image",
+            "n",
+            "aspect_ratio",
+            "callback_url",
+            "external_task_id",
+        }
+    ),
+}
+#: Reference pictures (multi-image2image): most subject images, and the rules of each picture.
+MAX_SUBJECT_IMAGES = 4
+REFERENCE_MAX_BYTES = 10 * 1024 * 1024
+REFERENCE_MIN_SIDE = 300
+REFERENCE_FORMATS = ("PNG", "JPEG")
 
 # HTTP status KLING uses with each code (the reference's table).
 HTTP_STATUS_OF_CODE = {
@@ -112,8 +171,10 @@ class FakeKlingOptions:
     lose_next_submit_answers: int = 0
     #: An image download fails: half of them 500, half a body cut short.
     download_failure_rate: float = 0.0
-    #: Forces this code on every submit (1100, 1101, 1102, 1103 or 1304).
+    #: Forces this code on every submit, of either endpoint (1100, 1101, 1102, 1103 or 1304).
     account_error_code: int | None = None
+    #: The models `POST /v1/images/multi-image2image` accepts (others: 400/1201).
+    multi_image_models: tuple[str, ...] = ("kling-v2", "kling-v2-1")
     #: Result image: long side in pixels, and Pillow format ("PNG", "JPEG", "WEBP").
     image_long_side: int = 48
     image_format: str = "PNG"
@@ -121,7 +182,13 @@ class FakeKlingOptions:
 
 @dataclass
 class FakeTask:
-    """An accepted (paid) task, as the fake keeps it."""
+    """An accepted (paid) task, as the fake keeps it.
+
+    `endpoint` is "generations" or "multi-image2image". `subject_images` (multi-image tasks)
+    holds, in request order, the sha256 hex digest of each decoded subject picture, or the URL
+    when one was sent; `scene_image` and `style_image` likewise (None: not sent).
+    `ignored_fields` are the body fields the endpoint does not document (sorted).
+    """
 
     task_id: str
     external_task_id: str | None
@@ -137,6 +204,16 @@ class FakeTask:
     status_msg: str = ""
     signature: str = ""
     downloads: int = 0
+    endpoint: str = "generations"
+    subject_images: list[str] = field(default_factory=list)
+    scene_image: str | None = None
+    style_image: str | None = None
+    callback_url: str | None = None
+    ignored_fields: tuple[str, ...] = ()
+    #: Signatures of URLs made to expire (`expire_image_urls`): their downloads get 403.
+    expired_signatures: set[str] = field(default_factory=set, repr=False)
+    #: The next read of the task signs its URLs again.
+    resign_on_read: bool = field(default=False, repr=False)
 
     def status(self, now: float, latency: float) -> str:
         if self.finishes_mono is not None and now >= self.finishes_mono:
@@ -187,6 +264,8 @@ class FakeKlingServer:
         self.max_in_flight = 0
         self.lost_answers = 0
         self.download_failures = 0
+        #: Downloads refused (403) because their URL was made to expire.
+        self.expired_downloads = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
@@ -241,6 +320,16 @@ class FakeKlingServer:
                 )
             )
 
+    def expire_image_urls(self) -> int:
+        """Every result-image URL handed out so far stops working: a download answers 403, as
+        an expired signed URL does. The next read of a task (GET or list) hands out freshly
+        signed URLs, which work. Returns the number of tasks whose URLs expired."""
+        with self._lock:
+            for task in self._tasks.values():
+                task.expired_signatures.add(task.signature)
+                task.resign_on_read = True
+            return len(self._tasks)
+
     def release_hung_tasks(self) -> None:
         """Let every hung task succeed now (a KLING task that finished late)."""
         with self._lock:
@@ -269,6 +358,10 @@ class FakeKlingServer:
 
     def tasks_per_request(self) -> Counter[str]:
         return Counter(t.request_key for t in self.tasks)
+
+    def tasks_of(self, endpoint: str) -> list[FakeTask]:
+        """The accepted tasks of one endpoint ("generations" or "multi-image2image")."""
+        return [t for t in self.tasks if t.endpoint == endpoint]
 
     def in_flight(self) -> int:
         with self._lock:
@@ -322,29 +415,44 @@ class FakeKlingServer:
             return 1002
         return None if payload.get("iss") == self.options.access_key else 1000
 
-    def _create(self, body: Any) -> tuple[int, int, str, Any]:
-        """Validate a create request; returns (http status, code, message, data)."""
+    def _sign(self, task_id: str, generation: int = 0) -> str:
+        message = task_id if generation == 0 else f"{task_id}:{generation}"
+        return hmac.new(
+            self.options.secret_key.encode(), message.encode(), hashlib.sha256
+        ).hexdigest()
+
+    def _create(self, body: Any, endpoint: str = "generations") -> tuple[int, int, str, Any]:
+        """Validate a create request of `endpoint`; returns (http status, code, message, data)."""
         opts = self.options
         if not isinstance(body, dict):
             return 400, 1200, "request body must be a JSON object", None
+        multi = endpoint == "multi-image2image"
         model = body.get("model_name")
         prompt = body.get("prompt")
-        negative = body.get("negative_prompt")
+        negative = None if multi else body.get("negative_prompt")
         aspect = body.get("aspect_ratio", "16:9")
         n = body.get("n", 1)
         external = body.get("external_task_id")
-        if model not in MODELS:
-            return 400, 1201, "model_name is missing or not supported", None
+        callback = body.get("callback_url")
+        if model not in (opts.multi_image_models if multi else MODELS):
+            return 400, 1201, f"model_name is missing or not supported by {endpoint}", None
         if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > PROMPT_LIMIT:
             return 400, 1201, f"prompt is required and at most {PROMPT_LIMIT} chars", None
         if negative is not None and (not isinstance(negative, str) or len(negative) > 2500):
             return 400, 1201, "negative_prompt must be at most 2500 chars", None
+        references: dict[str, Any] = {}
+        if multi:
+            error = _check_references(body, references)
+            if error is not None:
+                return 400, 1201, error, None
         if aspect not in ASPECT_RATIOS:
             return 400, 1201, "aspect_ratio is not supported", None
-        if not isinstance(n, int) or not 1 <= n <= 9:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 9:
             return 400, 1201, "n must be 1-9", None
         if external is not None and not isinstance(external, str):
             return 400, 1201, "external_task_id must be a string", None
+        if callback is not None and not isinstance(callback, str):
+            return 400, 1201, "callback_url must be a string", None
         if opts.moderation_marker and opts.moderation_marker in prompt:
             return 400, 1301, "The prompt did not pass content moderation", None
         with self._lock:
@@ -368,9 +476,13 @@ class FakeKlingServer:
                 finishes_mono=None if hang else now + opts.task_latency_seconds,
                 outcome=outcome,
                 status_msg=message,
-                signature=hmac.new(
-                    opts.secret_key.encode(), task_id.encode(), hashlib.sha256
-                ).hexdigest(),
+                signature=self._sign(task_id),
+                endpoint=endpoint,
+                subject_images=references.get("subject_images", []),
+                scene_image=references.get("scene_image"),
+                style_image=references.get("style_image"),
+                callback_url=callback,
+                ignored_fields=tuple(sorted(set(body) - DOCUMENTED_FIELDS[endpoint])),
             )
             self._tasks[task_id] = task
             self._order.append(task_id)
@@ -397,6 +509,10 @@ class FakeKlingServer:
 
     def _task_json_locked(self, task: FakeTask, now: float) -> dict[str, Any]:
         latency = self.options.task_latency_seconds
+        if task.resign_on_read:
+            # A read after `expire_image_urls`: new signed URLs, the old ones stay refused.
+            task.signature = self._sign(task.task_id, len(task.expired_signatures))
+            task.resign_on_read = False
         status = task.status(now, latency)
         created_ms = int(task.created_at * 1000)
         elapsed = now - task.created_mono
@@ -426,14 +542,17 @@ class FakeKlingServer:
             }
         return data
 
-    def _get(self, task_id: str) -> tuple[int, int, str, Any]:
+    def _get(self, task_id: str, endpoint: str = "generations") -> tuple[int, int, str, Any]:
         with self._lock:
             task = self._tasks.get(task_id)
-            if task is None:
+            # A task is read only at the endpoint that created it.
+            if task is None or task.endpoint != endpoint:
                 return 404, 1203, "task not found", None
             return 200, 0, "SUCCEED", self._task_json_locked(task, time.monotonic())
 
-    def _list(self, query: dict[str, list[str]]) -> tuple[int, int, str, Any]:
+    def _list(
+        self, query: dict[str, list[str]], endpoint: str = "generations"
+    ) -> tuple[int, int, str, Any]:
         try:
             page = int(query.get("pageNum", ["1"])[0])
             size = int(query.get("pageSize", ["30"])[0])
@@ -443,15 +562,21 @@ class FakeKlingServer:
             return 400, 1201, "pageNum must be 1-1000 and pageSize 1-500", None
         with self._lock:
             now = time.monotonic()
-            newest_first = [self._tasks[t] for t in reversed(self._order)]
+            newest_first = [
+                self._tasks[t] for t in reversed(self._order) if self._tasks[t].endpoint == endpoint
+            ]
             chunk = newest_first[(page - 1) * size : page * size]
             return 200, 0, "SUCCEED", [self._task_json_locked(t, now) for t in chunk]
 
     def _image(self, name: str, signature: str | None) -> tuple[bytes | None, str | None]:
-        """The image's bytes (None: 403) and how this download should break (None: it works)."""
+        """The image's bytes (None: 403) and how this download should break (None: it works;
+        "expired" with no bytes: the URL was made to expire)."""
         task_id, _, rest = name.partition("-")
         with self._lock:
             task = self._tasks.get(task_id)
+            if task is not None and signature in task.expired_signatures:
+                self.expired_downloads += 1
+                return None, "expired"
             if task is None or signature != task.signature:
                 return None, None
             if task.status(time.monotonic(), self.options.task_latency_seconds) != "succeed":
@@ -482,12 +607,81 @@ class FakeKlingServer:
         return data, failure
 
 
+def _endpoint_of(path: str) -> str | None:
+    """The task endpoint ("generations", "multi-image2image") a path belongs to, or None."""
+    for endpoint, base in ENDPOINT_PATHS.items():
+        if path == base or path.startswith(base + "/"):
+            return endpoint
+    return None
+
+
+def _check_references(body: dict[str, Any], out: dict[str, Any]) -> str | None:
+    """Check the pictures of a multi-image2image body; fills `out` with what to record
+    (`subject_images`, `scene_image`, `style_image`) and returns the 1201 message, or None."""
+    subjects = body.get("subject_image_list")
+    if not isinstance(subjects, list) or not 1 <= len(subjects) <= MAX_SUBJECT_IMAGES:
+        return f"subject_image_list must hold 1-{MAX_SUBJECT_IMAGES} subject images"
+    recorded: list[str] = []
+    for index, entry in enumerate(subjects):
+        name = f"subject_image_list[{index}].subject_image"
+        if not isinstance(entry, dict) or "subject_image" not in entry:
+            return f"subject_image_list[{index}] must be an object with subject_image"
+        record, error = _reference_image(entry["subject_image"], name)
+        if error is not None:
+            return error
+        recorded.append(record)
+    out["subject_images"] = recorded
+    for key in ("scene_image", "style_image"):
+        if body.get(key) is not None:
+            record, error = _reference_image(body[key], key)
+            if error is not None:
+                return error
+            out[key] = record
+    return None
+
+
+def _reference_image(value: Any, name: str) -> tuple[str, None] | tuple[None, str]:
+    """(what to record, None) for an acceptable reference picture: the sha256 hex digest of
+    its decoded bytes, or the URL itself (not fetched); (None, the 1201 message) otherwise."""
+    if not isinstance(value, str) or not value:
+        return None, f"{name} must be a base64 string or an http(s) URL"
+    if value[:5].lower() == "data:":
+        return None, f"{name} must be base64 without a data: prefix"
+    if value.startswith(("http://", "https://")):
+        return value, None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None, f"{name} is neither valid base64 nor an http(s) URL"
+    if len(raw) > REFERENCE_MAX_BYTES:
+        return None, f"{name} is larger than 10 MB"
+    try:
+        with Image.open(io.BytesIO(raw)) as picture:
+            picture.load()
+            kind, (width, height) = picture.format, picture.size
+    except Exception:  # Pillow raises many kinds of errors for bytes it cannot decode
+        return None, f"{name} is not a readable image"
+    if kind not in REFERENCE_FORMATS:
+        return None, f"{name} must be a jpg or png image, not {kind}"
+    if min(width, height) < REFERENCE_MIN_SIDE:
+        return None, (
+            f"{name} must be at least {REFERENCE_MIN_SIDE} px on each side, not {width}x{height}"
+        )
+    # Between 1:2.5 and 2.5:1, in integers: 2w <= 5h and 2h <= 5w.
+    if 2 * width > 5 * height or 2 * height > 5 * width:
+        return None, f"{name} aspect ratio must be between 1:2.5 and 2.5:1, not {width}x{height}"
+    return hashlib.sha256(raw).hexdigest(), None
+
+
 def _handler_for(server: FakeKlingServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         # HTTP/1.1 keep-alive, as httpx pools connections.
         protocol_version = "HTTP/1.1"
         # Idle keep-alive connections end on their own, so the server never waits for them.
         timeout = 10
+        # Headers and body go out as separate writes: with Nagle's algorithm the body would
+        # wait for the client's delayed ACK (about 40 ms per answer on Linux).
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             # Silent: request lines hold signed image URLs, which tests check never leak.
@@ -530,7 +724,9 @@ def _handler_for(server: FakeKlingServer) -> type[BaseHTTPRequestHandler]:
             scripted = server._scripted_failure(method, path)
             if scripted is not None:
                 return scripted[0], scripted[1], "scripted failure", None
-            if route == "POST submit" and opts.account_error_code is not None:
+            endpoint = _endpoint_of(path)
+            submit = route in ("POST submit", "POST multi submit")
+            if submit and opts.account_error_code is not None:
                 code = opts.account_error_code
                 return HTTP_STATUS_OF_CODE.get(code, 429), code, "account error", None
             if server._chance(opts.rate_limit_rate):
@@ -539,26 +735,33 @@ def _handler_for(server: FakeKlingServer) -> type[BaseHTTPRequestHandler]:
                 with server._lock:
                     code = server._rng.choice((5000, 5001, 5002))
                 return HTTP_STATUS_OF_CODE[code], code, "server error", None
-            if route == "POST submit":
+            if submit and endpoint is not None:
                 try:
                     body = json.loads(raw or b"null")
                 except ValueError:
                     return 400, 1200, "request body is not JSON", None
-                answer = server._create(body)
+                answer = server._create(body, endpoint)
                 if answer[1] == 0 and self._lose_answer():
                     raise _Lost
                 return answer
-            if route == "GET task":
-                return server._get(path[len(GENERATIONS) + 1 :])
-            if route == "GET list":
-                return server._list(parse_qs(query))
+            if endpoint is not None and route in ("GET task", "GET multi task"):
+                return server._get(path[len(ENDPOINT_PATHS[endpoint]) + 1 :], endpoint)
+            if endpoint is not None and route in ("GET list", "GET multi list"):
+                return server._list(parse_qs(query), endpoint)
             return 404, 1202, "method or resource not found", None
 
         def _route(self, method: str, path: str) -> str:
-            if path == GENERATIONS:
-                return "POST submit" if method == "POST" else f"{method} list"
-            if path.startswith(GENERATIONS + "/") and method == "GET":
-                return "GET task"
+            """The name `requests` counts: "POST submit", "GET task", "GET list" for
+            generations, "POST multi submit", "GET multi task", "GET multi list" for
+            multi-image2image, "<METHOD> other" for anything else."""
+            endpoint = _endpoint_of(path)
+            if endpoint is None:
+                return f"{method} other"
+            prefix = "multi " if endpoint == "multi-image2image" else ""
+            if path == ENDPOINT_PATHS[endpoint]:
+                return f"POST {prefix}submit" if method == "POST" else f"{method} {prefix}list"
+            if method == "GET":
+                return f"GET {prefix}task"
             return f"{method} other"
 
         def _lose_answer(self) -> bool:
@@ -570,6 +773,9 @@ def _handler_for(server: FakeKlingServer) -> type[BaseHTTPRequestHandler]:
 
         def _serve_image(self, name: str, query: dict[str, list[str]]) -> None:
             data, failure = server._image(name, (query.get("signature") or [None])[0])
+            if failure == "expired":
+                self._send_bytes(403, b"Request has expired")
+                return
             if data is None:
                 self._send_bytes(403, b"signature does not match or the image does not exist")
                 return
