@@ -81,7 +81,7 @@ def script_lease(bucket: Bucket, script_id: str, wait_seconds: float) -> Iterato
     token, holder = leases.new_token(), leases.describe_cli_holder()
     deadline = time.monotonic() + wait_seconds
     while True:
-        got = leases.acquire(bucket, script_id, token, holder)
+        got = leases.acquire(bucket, script_id, token, holder, this_process=True)
         if isinstance(got, leases.Lease):
             break
         if time.monotonic() >= deadline:
@@ -91,7 +91,7 @@ def script_lease(bucket: Bucket, script_id: str, wait_seconds: float) -> Iterato
 
     def renew() -> None:
         while not stop.wait(leases.RENEW_EVERY_SECONDS):
-            leases.acquire(bucket, script_id, token, holder)
+            leases.acquire(bucket, script_id, token, holder, this_process=True)
 
     keeper = threading.Thread(target=renew, name="lease-keeper", daemon=True)
     keeper.start()

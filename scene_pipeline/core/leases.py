@@ -3,8 +3,9 @@
 A lease is an object at `pipeline/leases/{script_id}.json`, created with a conditional PUT
 (`If-None-Match: *`) and taken over only when expired (`If-Match` on the expired one's
 ETag), so two processes can never both believe they hold it. Holders renew it while they
-work (every step start and while waiting for slots or polling); one that was killed stops
-renewing and its lease expires after `LEASE_SECONDS`, so nothing is blocked for ever.
+work (a background renewal every minute); one that was killed stops renewing and its lease
+expires after `LEASE_SECONDS`, so nothing is blocked for ever. A CLI lease names its host and
+process: on the same host, a lease whose process is gone is taken over at once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,20 @@ class Lease(BaseModel):
     holder: str  # what holds it, for operators: "cli pid 4711 on host-a", "run 3f2a..."
     acquired_at: datetime
     expires_at: datetime
+    host: str | None = None  # a CLI's host and process id: a dead one frees the lease
+    pid: int | None = None
+
+    def dead_here(self) -> bool:
+        """Held by a process of this host that no longer exists."""
+        if self.host != socket.gethostname() or not self.pid:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 @dataclass(frozen=True)
@@ -59,9 +74,16 @@ def describe_cli_holder() -> str:
 
 
 def acquire(
-    bucket: Bucket, script_id: str, token: str, holder: str, now: datetime | None = None
+    bucket: Bucket,
+    script_id: str,
+    token: str,
+    holder: str,
+    now: datetime | None = None,
+    *,
+    this_process: bool = False,
 ) -> Lease | Busy:
-    """Take the script's lease for `token` (or renew it when `token` already holds it)."""
+    """Take the script's lease for `token` (or renew it when `token` already holds it).
+    `this_process`: the lease names this host and process (a CLI)."""
     now = now or utc_now()
     key = layout.lease_key(script_id)
     lease = Lease(
@@ -70,6 +92,8 @@ def acquire(
         holder=holder,
         acquired_at=now,
         expires_at=now + timedelta(seconds=LEASE_SECONDS),
+        host=socket.gethostname() if this_process else None,
+        pid=os.getpid() if this_process else None,
     )
     for _ in range(4):
         current, etag = bucket.read_model_versioned(key, Lease)
@@ -78,11 +102,12 @@ def acquire(
                 return lease
             continue
         if current.token == token:
-            renewed = lease.model_copy(update={"acquired_at": current.acquired_at})
+            # A renewal (by the holder or a step of its run) keeps who holds it.
+            renewed = current.model_copy(update={"expires_at": lease.expires_at})
             if bucket.replace_if_unchanged(key, renewed, etag or ""):
                 return renewed
             continue
-        if current.expires_at > now:
+        if current.expires_at > now and not current.dead_here():
             return Busy(current)
         if bucket.replace_if_unchanged(key, lease, etag or ""):
             return lease
