@@ -198,3 +198,11 @@ def running_postgres() -> Iterator[PostgresServer]:
         if started:
             _run([str(bin_dir / "pg_ctl"), "--pgdata", str(data), "-m", "immediate", "stop"], user)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", name="postgres")
+def postgres_fixture() -> Iterator[PostgresServer]:
+    """The `postgres` fixture: a test module imports this function to use it (one server per
+    module and pytest process; each test makes its own database on it)."""
+    with running_postgres() as server:
+        yield server

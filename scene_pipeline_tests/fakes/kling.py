@@ -176,7 +176,8 @@ class FakeKlingOptions:
     #: The models `POST /v1/images/multi-image2image` accepts (others: 400/1201).
     multi_image_models: tuple[str, ...] = ("kling-v2", "kling-v2-1")
     #: Result image: long side in pixels, and Pillow format ("PNG", "JPEG", "WEBP").
-    image_long_side: int = 48
+    # 640: the short side of a 9:16 result stays above the 300 px a reference image needs.
+    image_long_side: int = 640
     image_format: str = "PNG"
 
 
