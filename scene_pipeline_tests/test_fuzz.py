@@ -5,7 +5,7 @@ the valid documents of examples/ (the three accepted shapes) mutated at the JSON
 (deleted keys, changed types, huge strings, unicode, nested junk, duplicated scenes, odd
 numbers) and at the byte level (truncation, random bytes, flipped bytes, other encodings),
 plus plain random bytes. They are thrown at `parse_script` and at the intake function the
-inbox sensor calls for every object it reads (`scene_pipeline.intake.validate_bytes`).
+inbox sensor calls for every object it reads (`scene_pipeline.core.intake.validate_bytes`).
 
 Properties: the only exception is `ScriptRejected`; a rejection has at least one error, and
 every error names a JSON path ("$", or `scenes[0].audios[1].text`-style) that leads to the
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from scene_pipeline.constants import SCENE_ID_PATTERN, SCRIPT_ID_PATTERN
 from scene_pipeline.contract.outputs import RejectionReport, SourceRef
 from scene_pipeline.contract.script import Script, ScriptRejected, parse_script
-from scene_pipeline.intake import validate_bytes
+from scene_pipeline.core.intake import validate_bytes
 from scene_pipeline.models import AcceptedScript
 
 from .conftest import EXAMPLES

@@ -6,8 +6,10 @@ moto's server and answers chosen PUTs with 503 SlowDown, 500 InternalError or 40
 NoSuchBucket, as S3 does. The pipeline's S3 client is dagster-aws's (standard retry mode,
 5 attempts), so a few faults are absorbed by botocore; persistent ones reach the pipeline.
 The assets run with `materialize()` (in-process executor, the steps' real RetryPolicy) with
-the offline providers: storage is what is under test here. Missing-bucket start-up is checked
-through the CLI.
+the offline providers: storage is what is under test here. Each run works under the script's
+lease as `scene-pipeline run` does (the command holds it, the run is tagged with it), so that
+a rerun after a failed run is what a user's next command would be. Missing-bucket start-up is
+checked through the CLI.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
-from dagster import DagsterEventType, DagsterInstance, materialize
+from dagster import DagsterEventType, DagsterInstance, RetryPolicy, materialize
 from dagster_aws.s3 import S3Resource
 
 from scene_pipeline.assets import all_assets
-from scene_pipeline.resources.storage import S3StorageResource
+from scene_pipeline.cli.runs import script_lease
+from scene_pipeline.constants import TAG_LEASE
+from scene_pipeline.resources.s3_bucket import S3BucketResource
+from scene_pipeline.resources.slots import ensure_pool_limit
 
 from .faulty_s3_proxy import INTERNAL_ERROR, NO_SUCH_BUCKET, SLOW_DOWN, FaultyS3Proxy
 from .pipeline_helpers import accept, resources
@@ -42,24 +48,37 @@ def proxy(s3_endpoint: str) -> Iterator[FaultyS3Proxy]:
 
 
 @pytest.fixture
+def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps' RetryPolicy still decides how many attempts there are (the last one is what
+    these tests are about); only its 10-40 s waits between attempts are skipped."""
+    monkeypatch.setattr(RetryPolicy, "calculate_delay", lambda self, attempt_num: 0)
+
+
+@pytest.fixture
 def direct(s3_endpoint: str):
     return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
 
 
-def storage_at(endpoint: str, bucket: str) -> S3StorageResource:
-    return S3StorageResource(
+def bucket_at(endpoint: str, bucket: str) -> S3BucketResource:
+    return S3BucketResource(
         bucket=bucket, s3=S3Resource(endpoint_url=endpoint, region_name="us-east-1")
     )
 
 
-def run(instance: DagsterInstance, storage: S3StorageResource):
-    return materialize(
-        all_assets,
-        partition_key=SCRIPT_ID,
-        instance=instance,
-        resources=resources(storage),
-        raise_on_error=False,
-    )
+def run(instance: DagsterInstance, through_proxy: S3BucketResource, direct: S3BucketResource):
+    """One run of the script's graph through the proxy, under the script's lease (taken
+    directly, as the CLI takes it before it starts a run)."""
+    ensure_pool_limit(instance, 5)
+    with script_lease(direct.get_bucket(), SCRIPT_ID, 0) as token:
+        return materialize(
+            all_assets,
+            selection=[a for a in all_assets if hasattr(a, "node_def")],
+            partition_key=SCRIPT_ID,
+            instance=instance,
+            resources=resources(through_proxy),
+            tags={TAG_LEASE: token},
+            raise_on_error=False,
+        )
 
 
 def keys(client, bucket: str, prefix: str = "") -> list[str]:
@@ -98,20 +117,28 @@ def step_failures(result) -> dict[str, str]:
     }
 
 
+class Setup:
+    def __init__(self, instance: DagsterInstance, proxied: S3BucketResource, plain: Any):
+        self.instance, self.proxied, self.plain = instance, proxied, plain
+
+    def run(self):
+        return run(self.instance, self.proxied, self.plain)
+
+
 @pytest.fixture
-def setup(s3_endpoint: str, s3_bucket: str, proxy: FaultyS3Proxy):
+def setup(s3_endpoint: str, s3_bucket: str, proxy: FaultyS3Proxy) -> Iterator[Setup]:
     instance = DagsterInstance.ephemeral()
-    accept(storage_at(s3_endpoint, s3_bucket), script_document(SCRIPT_ID, SCENES), instance)
-    yield instance, storage_at(proxy.url, s3_bucket)
+    plain = bucket_at(s3_endpoint, s3_bucket)
+    accept(plain, script_document(SCRIPT_ID, SCENES), instance)
+    yield Setup(instance, bucket_at(proxy.url, s3_bucket), plain)
     instance.dispose()
 
 
 def test_a_few_throttles_and_5xx_are_absorbed_by_the_s3_client(setup, proxy, direct, s3_bucket):
-    instance, storage = setup
     proxy.fail("PUT", PNG_KEYS, SLOW_DOWN, times=2)
     proxy.fail("PUT", re.escape(MANIFEST_KEY), INTERNAL_ERROR, times=2)
 
-    result = run(instance, storage)
+    result = setup.run()
 
     assert result.success, step_failures(result)
     assert proxy.hits == {"PUT SlowDown": 2, "PUT InternalError": 2}
@@ -125,46 +152,45 @@ def test_a_few_throttles_and_5xx_are_absorbed_by_the_s3_client(setup, proxy, dir
 def test_a_manifest_that_cannot_be_written_fails_the_run_naming_the_key_then_a_rerun_completes(
     setup, proxy, direct, s3_bucket
 ):
-    instance, storage = setup
     proxy.fail("PUT", re.escape(MANIFEST_KEY), SLOW_DOWN)  # every attempt, every retry
 
-    failed = run(instance, storage)
+    failed = setup.run()
 
     assert not failed.success
     failures = step_failures(failed)
-    assert list(failures) == ["manifest"], failures
-    assert f"s3://{s3_bucket}/{MANIFEST_KEY}" in failures["manifest"]
-    assert "SlowDown" in failures["manifest"]
+    assert list(failures) == ["scenes.publish_script"], failures
+    assert f"s3://{s3_bucket}/{MANIFEST_KEY}" in failures["scenes.publish_script"]
+    assert "SlowDown" in failures["scenes.publish_script"]
     # The first attempt and S3Resource's max_attempts (5) retries, then the client gave up.
     assert proxy.hits["PUT SlowDown"] == 6
     assert read_manifest(direct, s3_bucket) is None
-    drawn = [k for k in keys(direct, s3_bucket, f"results/{SCRIPT_ID}/") if k.endswith(".png")]
+    scenes = f"results/{SCRIPT_ID}/scenes/"
+    drawn = [k for k in keys(direct, s3_bucket, scenes) if k.endswith(".png")]
     assert len(drawn) == SCENES
 
     proxy.clear()
-    again = run(instance, storage)
+    again = setup.run()
 
     assert again.success, step_failures(again)
     manifest = read_manifest(direct, s3_bucket)
     assert manifest is not None and manifest["status"] == "complete"
     assert_manifest_images_exist(direct, s3_bucket, manifest)
     # The pictures of the failed run were reused, not drawn again.
-    after = [k for k in keys(direct, s3_bucket, f"results/{SCRIPT_ID}/") if k.endswith(".png")]
+    after = [k for k in keys(direct, s3_bucket, scenes) if k.endswith(".png")]
     assert sorted(after) == sorted(drawn)
 
 
 def test_scenes_whose_image_cannot_be_stored_fail_alone_and_no_manifest_names_a_missing_image(
-    setup, proxy, direct, s3_bucket
+    setup, proxy, direct, s3_bucket, no_retry_waits
 ):
-    instance, storage = setup
     # The bucket is gone for scene 2's PNG, and for scene 3's record (written after its PNG).
-    # 404 is not retried by botocore: the step's RetryPolicy tries again (about 25 s of
-    # back-off), then each scene fails on its own.
+    # 404 is not retried by botocore: the step's RetryPolicy tries again (twice), then each
+    # scene fails on its own.
     scenes = f"^results/{SCRIPT_ID}/scenes"
     proxy.fail("PUT", rf"{scenes}/2/.*\.png$", NO_SUCH_BUCKET)
     proxy.fail("PUT", rf"{scenes}/3/.*\.json$", NO_SUCH_BUCKET)
 
-    first = run(instance, storage)
+    first = setup.run()
 
     assert first.success, step_failures(first)
     manifest = read_manifest(direct, s3_bucket)
@@ -173,7 +199,9 @@ def test_scenes_whose_image_cannot_be_stored_fail_alone_and_no_manifest_names_a_
     assert by_id["1"]["status"] == "succeeded"
     for scene_id in ("2", "3"):
         assert by_id[scene_id]["status"] == "failed", by_id[scene_id]
-        assert by_id[scene_id]["image_s3url"] is None and by_id[scene_id]["error"]
+        assert by_id[scene_id]["image_s3url"] is None
+        assert "after 3 attempts" in by_id[scene_id]["error"]
+        assert "NoSuchBucket" in by_id[scene_id]["error"]
     assert_manifest_images_exist(direct, s3_bucket, manifest)
     # Scene 3's PNG was stored before its record failed: an orphan, named by nothing.
     assert [k for k in keys(direct, s3_bucket, f"results/{SCRIPT_ID}/scenes/3/")]
@@ -185,10 +213,11 @@ def test_scenes_whose_image_cannot_be_stored_fail_alone_and_no_manifest_names_a_
     ]
     for scene_id in ("2", "3"):
         errors = [text for step, text in retries if step.endswith(f"[{scene_id}]")]
-        assert errors and all("NoSuchBucket" in t and f"/scenes/{scene_id}/" in t for t in errors)
+        assert len(errors) == 2  # the RetryPolicy's two retries, then the scene failed
+        assert all("NoSuchBucket" in t and f"/scenes/{scene_id}/" in t for t in errors)
 
     proxy.clear()
-    second = run(instance, storage)
+    second = setup.run()
 
     assert second.success, step_failures(second)
     manifest = read_manifest(direct, s3_bucket)

@@ -55,7 +55,7 @@ def plan_script(
     """Write the character sheet (once per look) and decide what this run draws."""
     script, store = script_document.script, bucket.get_bucket()
     providers = planning_providers(prompt_writer, image_maker)
-    with script_step(context, store, script.script_id, wait=True):
+    with script_step(context, store, script.script_id, first=True):
         apply_operator_config(context, store, script, config, prompt_writer.max_prompt_chars)
         previous = ensure_pool_limit(context.instance, pipeline.kling_pool_limit)
         if previous is not None:

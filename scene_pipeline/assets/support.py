@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from dagster import Backoff, Failure, Jitter, OpExecutionContext, RetryPolicy
 
@@ -45,6 +46,12 @@ def our_errors_fail_loudly() -> Iterator[None]:
         ) from err
 
 
+def run_has_ended(instance: Any, run_id: str) -> bool:
+    """A run of this instance that has finished (failed, canceled, succeeded) holds nothing."""
+    record = instance.get_run_record_by_id(run_id)
+    return record is not None and record.dagster_run.is_finished
+
+
 def attempt_of(context: OpExecutionContext) -> Attempt:
     return Attempt(
         run_id=context.run_id, retry_number=context.retry_number, max_retries=MAX_RETRIES
@@ -59,20 +66,27 @@ def lease_token(context: OpExecutionContext) -> str:
 
 @contextmanager
 def script_step(
-    context: OpExecutionContext, bucket: Bucket, script_id: str, *, wait: bool = False
+    context: OpExecutionContext, bucket: Bucket, script_id: str, *, first: bool = False
 ) -> Iterator[None]:
     """The frame of every step's work: hold (or renew) the script's lease, renewing it in the
     background, and let our own errors fail the step at once (`our_errors_fail_loudly`).
 
-    `wait`: wait for another holder to finish (the plan step), instead of failing at once.
+    `first` (the plan step): wait for another holder to finish instead of failing at once,
+    and give the lease up again when the step fails (nothing else of the run will work).
+    A lease held by a run of this instance that has ended is taken over at once.
     """
     token = lease_token(context)
-    holder = (
-        f"run {context.run_id[:8]} ({context.run.tags.get('scene_pipeline/launched_by', 'ui')})"
-    )
-    deadline = time.monotonic() + (LEASE_WAIT_SECONDS if wait else 0)
+    launched_by = context.run.tags.get("scene_pipeline/launched_by", "ui")
+    holder = f"run {context.run_id[:8]} ({launched_by})"
+    # A CLI run works under the CLI's lease; any other run names itself in the lease.
+    run_id = None if TAG_LEASE in context.run.tags else token
+
+    def ended(lease: leases.Lease) -> bool:
+        return lease.run_id is not None and run_has_ended(context.instance, lease.run_id)
+
+    deadline = time.monotonic() + (LEASE_WAIT_SECONDS if first else 0)
     while True:
-        got = leases.acquire(bucket, script_id, token, holder)
+        got = leases.acquire(bucket, script_id, token, holder, run_id=run_id, finished=ended)
         if isinstance(got, leases.Lease):
             break
         if time.monotonic() >= deadline:
@@ -83,7 +97,7 @@ def script_step(
 
     def renew() -> None:
         while not stop.wait(leases.RENEW_EVERY_SECONDS):
-            got = leases.acquire(bucket, script_id, token, holder)
+            got = leases.acquire(bucket, script_id, token, holder, run_id=run_id)
             if isinstance(got, leases.Busy):
                 context.log.error(f"lost the script's lease: {got.message()}")
                 return
@@ -93,6 +107,10 @@ def script_step(
     try:
         with our_errors_fail_loudly():
             yield
+    except BaseException:
+        if first:
+            leases.release(bucket, script_id, token)
+        raise
     finally:
         stop.set()
 

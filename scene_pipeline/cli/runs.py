@@ -72,6 +72,19 @@ def check_candidates(settings: Settings, candidates: int | None) -> None:
         )
 
 
+def _run_ended_here(lease: leases.Lease) -> bool:
+    """A lease of a Dagster run of the instance at DAGSTER_HOME that has ended (a failed UI
+    or sensor run) does not block the CLI until it expires."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not lease.run_id or not home:
+        return False
+    from scene_pipeline.cli.instance import cli_instance
+
+    with cli_instance(home) as instance:
+        record = instance.get_run_record_by_id(lease.run_id)
+        return record is not None and record.dagster_run.is_finished
+
+
 @contextmanager
 def script_lease(bucket: Bucket, script_id: str, wait_seconds: float) -> Iterator[str]:
     """Hold the script's lease for the command (renewed in the background); exit 3 when
@@ -81,7 +94,9 @@ def script_lease(bucket: Bucket, script_id: str, wait_seconds: float) -> Iterato
     token, holder = leases.new_token(), leases.describe_cli_holder()
     deadline = time.monotonic() + wait_seconds
     while True:
-        got = leases.acquire(bucket, script_id, token, holder, this_process=True)
+        got = leases.acquire(
+            bucket, script_id, token, holder, this_process=True, finished=_run_ended_here
+        )
         if isinstance(got, leases.Lease):
             break
         if time.monotonic() >= deadline:

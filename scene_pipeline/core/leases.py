@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -36,6 +37,7 @@ class Lease(BaseModel):
     expires_at: datetime
     host: str | None = None  # a CLI's host and process id: a dead one frees the lease
     pid: int | None = None
+    run_id: str | None = None  # a Dagster run's root run id: a finished one frees the lease
 
     def dead_here(self) -> bool:
         """Held by a process of this host that no longer exists."""
@@ -81,9 +83,14 @@ def acquire(
     now: datetime | None = None,
     *,
     this_process: bool = False,
+    run_id: str | None = None,
+    finished: Callable[[Lease], bool] | None = None,
 ) -> Lease | Busy:
     """Take the script's lease for `token` (or renew it when `token` already holds it).
-    `this_process`: the lease names this host and process (a CLI)."""
+
+    `this_process`: the lease names this host and process (a CLI); `run_id`: the Dagster run
+    that holds it; `finished(lease)`: whether another holder is known to be over (its run
+    ended), so that its lease is taken over at once rather than when it expires."""
     now = now or utc_now()
     key = layout.lease_key(script_id)
     lease = Lease(
@@ -94,6 +101,7 @@ def acquire(
         expires_at=now + timedelta(seconds=LEASE_SECONDS),
         host=socket.gethostname() if this_process else None,
         pid=os.getpid() if this_process else None,
+        run_id=run_id,
     )
     for _ in range(4):
         current, etag = bucket.read_model_versioned(key, Lease)
@@ -107,7 +115,8 @@ def acquire(
             if bucket.replace_if_unchanged(key, renewed, etag or ""):
                 return renewed
             continue
-        if current.expires_at > now and not current.dead_here():
+        over = current.dead_here() or (finished is not None and finished(current))
+        if current.expires_at > now and not over:
             return Busy(current)
         if bucket.replace_if_unchanged(key, lease, etag or ""):
             return lease

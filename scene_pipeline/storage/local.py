@@ -1,8 +1,9 @@
 """A local folder that holds the same keys as the bucket: the embedded default.
 
-ETags are made from a file's size and modification time (nanoseconds), not its bytes, so that
-listing 10,000 files is a walk and a stat each, never a read; a rewrite changes the mtime and
-so the ETag. Conditional writes are serialised by an advisory lock on one file in the root.
+ETags are made from a file's size, modification time and inode, not its bytes, so that
+listing 10,000 files is a walk and a stat each, never a read; a rewrite is a new file (a new
+inode) and so a new ETag. Conditional writes are serialised by an advisory lock on one file
+in the root.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ _LOCK_NAME = ".lock-conditional-writes"
 
 
 def _etag(stat: os.stat_result) -> str:
-    digest = hashlib.md5(f"{stat.st_size}:{stat.st_mtime_ns}".encode(), usedforsecurity=False)
+    # Every write installs a new file (write, then rename), so the inode tells versions apart
+    # even when a coarse file clock gives two of them the same mtime.
+    version = f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
+    digest = hashlib.md5(version.encode(), usedforsecurity=False)
     return f'"{digest.hexdigest()}"'
 
 
@@ -81,7 +85,14 @@ class LocalObjectStore:
                     raise PreconditionFailed(f"{key} exists")
                 if if_match is not None and current != if_match:
                     raise PreconditionFailed(f"{key} changed")
-                return self._replace(path, data)
+                etag = self._replace(path, data)
+                if etag == current:
+                    # A same-size rewrite within one tick of a coarse file clock: move the
+                    # mtime on, so that the next conditional writer sees the change.
+                    stat = path.stat()
+                    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1000))
+                    etag = _etag(path.stat())
+                return etag
         except OSError as err:
             raise StorageError(f"cannot write {key}: {err.strerror}") from err
 
