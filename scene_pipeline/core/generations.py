@@ -26,6 +26,11 @@ def thumbnail_jpeg(png: bytes, long_side: int = THUMBNAIL_LONG_SIDE) -> bytes:
     return buffer.getvalue()
 
 
+def image_size(png: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(png)) as image:
+        return image.size
+
+
 def data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 

@@ -184,6 +184,15 @@ def portrait_from_record(record: PortraitRecord) -> Portrait:
     )
 
 
+def reference_problem(width: int, height: int) -> str | None:
+    """Why a picture of this size cannot be a reference image (KLING's limits), if it can't."""
+    if min(width, height) < MIN_SIDE_PX:
+        return f"the image is {width}x{height}; each side must be at least {MIN_SIDE_PX} px"
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        return f"the image is {width}x{height}; the aspect ratio must be between 1:2.5 and 2.5:1"
+    return None
+
+
 class UploadRejected(ValueError):
     """An operator's portrait file that the image provider would refuse."""
 
@@ -202,15 +211,9 @@ def check_upload(data: bytes) -> tuple[bytes, int, int]:
                 raise UploadRejected(
                     f"the file is {image_format or 'not an image'}; use PNG or JPEG"
                 )
-            if min(width, height) < MIN_SIDE_PX:
-                raise UploadRejected(
-                    f"the image is {width}x{height}; each side must be at least {MIN_SIDE_PX} px"
-                )
-            if max(width, height) / min(width, height) > MAX_ASPECT:
-                raise UploadRejected(
-                    f"the image is {width}x{height}; the aspect ratio must be between 1:2.5 and"
-                    " 2.5:1"
-                )
+            problem = reference_problem(width, height)
+            if problem:
+                raise UploadRejected(problem)
             if image_format == "PNG":
                 return data, width, height
             buffer = io.BytesIO()

@@ -313,6 +313,11 @@ def _draw_portrait(plan: PortraitPlan, tools: Tools) -> Portrait:
         journal,
         tools.slots,
     )
+    problem = reference_problem(*generations.image_size(image.pngs[0]))
+    if problem:
+        # Every scene of the character would be refused with it: the portrait fails instead.
+        journal.clear()
+        raise SceneRejectedError(f"the drawn portrait cannot be a reference: {problem}")
     keys, uris, _ = generations.store_images(
         bucket, plan.script_id, subject, plan.generation, image.pngs
     )
