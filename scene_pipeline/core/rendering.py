@@ -27,6 +27,7 @@ from scene_pipeline.core.portraits import (
     PORTRAIT_ASPECT_RATIO,
     PORTRAIT_NEGATIVE_PROMPT,
     portrait_prompt,
+    reference_problem,
 )
 from scene_pipeline.models import (
     Portrait,
@@ -43,6 +44,7 @@ from scene_pipeline.providers.base import (
     ScenePromptRequest,
     SlotGate,
 )
+from scene_pipeline.providers.errors import SceneRejectedError
 from scene_pipeline.storage import Bucket, StoredTaskJournal, layout
 
 
