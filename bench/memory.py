@@ -1,111 +1,140 @@
-"""Memory: peak RSS of the processes of one `scene-pipeline run` of a big script.
+"""Memory of a big run: one `scene-pipeline run` of a 200-scene script against the fake KLING
+and the fake OpenAI, with a temporary DAGSTER_HOME (the repository's dagster.yaml, so Dagster's
+default compute log manager: a `tail -F` and a watch_orphans.py helper per step process).
 
-The process tree of the CLI (the CLI/orchestrator, the forkserver, the step processes and
-their `tail -F` / watch_orphans helpers) is sampled every 0.25 s from /proc (psutil is not a
-dependency): the summed VmRSS (shared pages counted in every process that maps them), the
-summed PSS (shared pages divided among their sharers: the real footprint) and each process's
-VmHWM (its own peak RSS). Providers: the fake KLING (L = 0.2 s, C = 8) and the fake OpenAI.
+The CLI's process tree (the CLI/orchestrator, the forkserver, the step processes and their
+helpers) is sampled every 0.25 s from /proc (psutil is not a dependency): the summed PSS
+(shared pages divided among the processes sharing them: the real footprint), the summed RSS
+(shared pages counted in every process) and, per kind of process, how many there were at once,
+their summed PSS at the total's peak and each one's peak RSS (VmHWM).
 
-    python bench/memory.py           # 200 scenes
-    python bench/memory.py --quick   # 50 scenes (run_all's default, to stay in its budget:
-                                     # the peak is set by the executor's max_concurrent,
-                                     # C + 4 = 12 step processes, which 50 scenes reach)
+Target: the peak of the summed PSS <= 1.5 GiB. C = 8 by default (KLING_MAX_CONCURRENCY's
+default is 5): the multiprocess executor runs at most C + 2 steps at once, so a larger C is
+the harder case. L = 0.5 s: the run is short and its processes come and go quickly.
+
+    python bench/memory.py               # --quick (= --full): 200 scenes (~3 minutes)
+    python bench/memory.py --scenes 30   # a smoke test
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
 from _common import (
-    emit_json,
-    fake_providers,
+    PaidCalls,
+    Target,
+    bench_parser,
+    cli_setup,
+    finish,
     fmt_table,
     machine_line,
-    provider_env,
-    run_cli,
     script_document,
     stop_on_sigterm,
-    temp_dir,
-    write_dagster_yaml,
 )
 
+SCENES, LIMIT, LATENCY = 200, 8, 0.5
+TARGET_GIB = 1.5
 
-def measure(scenes: int, limit: int = 8, latency: float = 0.2) -> dict[str, Any]:
-    with temp_dir("bench-memory-") as tmp, fake_providers(latency, limit) as (kling, openai):
-        home = tmp / "dagster_home"
-        write_dagster_yaml(home, limit)
-        env = provider_env(kling, openai, tmp / "storage", limit, 0.1, dagster_home=home)
-        script = tmp / "script.json"
-        import json
 
-        script.write_text(json.dumps(script_document(f"mem-{scenes}", scenes), ensure_ascii=False))
-        run = run_cli(script, env, tmp, sample_memory=True, timeout=1800)
-        if run.returncode != 0:
-            raise RuntimeError(f"run failed ({run.returncode}): {run.stderr[-3000:]}")
-        tasks = len(kling.tasks)
+def measure(
+    scenes: int, limit: int, latency: float, portraits: bool, noop_compute_logs: bool
+) -> dict[str, Any]:
+    with cli_setup(
+        "memory",
+        script_document(f"mem-{scenes}", scenes),
+        latency=latency,
+        limit=limit,
+        poll=0.1,
+        portraits=portraits,
+        noop_compute_logs=noop_compute_logs,
+    ) as setup:
+        run = setup.run(sample_memory=True, timeout=3600)
+        run.check("scene-pipeline run")
+        paid = setup.paid()
     tree = run.tree
     assert tree is not None
-    hwm_by_kind: dict[str, list[int]] = {}
-    for kind, hwm in tree.hwm.values():
-        hwm_by_kind.setdefault(kind, []).append(hwm)
     return {
         "scenes": scenes,
+        "limit": limit,
+        "latency": latency,
+        "portraits": portraits,
+        "noop_compute_logs": noop_compute_logs,
         "wall": run.wall,
-        "kling_tasks": tasks,
+        "paid": vars(paid),
         "samples": tree.samples,
-        "peak_total_rss_mb": tree.peak_total_rss_kb / 1024,
         "peak_total_pss_mb": tree.peak_total_pss_kb / 1024,
+        "peak_total_rss_mb": tree.peak_total_rss_kb / 1024,
         "peak_processes": tree.peak_processes,
         "kinds": {
             kind: {
-                "processes_seen": len(values),
-                "max_at_once": tree.kinds.get(kind, [0, 0])[1],
-                "max_hwm_mb": max(values) / 1024,
-                "median_hwm_mb": sorted(values)[len(values) // 2] / 1024,
+                "seen": k.seen,
+                "most_at_once": k.most_at_once,
+                "pss_at_peak_mb": k.pss_at_total_peak_kb / 1024,
+                "own_peak_pss_mb": k.peak_pss_kb / 1024,
+                "max_hwm_mb": k.peak_hwm_kb / 1024,
             }
-            for kind, values in sorted(hwm_by_kind.items())
+            for kind, k in sorted(tree.kinds.items(), key=lambda kv: -kv[1].peak_pss_kb)
+            if k.seen
         },
+        "load_after": machine_line(),
     }
 
 
+def report(r: dict[str, Any]) -> str:
+    paid = PaidCalls(**r["paid"])
+    table = fmt_table(
+        [
+            "process kind",
+            "seen",
+            "most at once",
+            "PSS at the peak MB",
+            "own peak PSS MB",
+            "largest VmHWM MB",
+        ],
+        [
+            [
+                kind,
+                k["seen"],
+                k["most_at_once"],
+                f"{k['pss_at_peak_mb']:.0f}",
+                f"{k['own_peak_pss_mb']:.0f}",
+                f"{k['max_hwm_mb']:.0f}",
+            ]
+            for kind, k in r["kinds"].items()
+        ],
+    )
+    return (
+        f"{r['scenes']} scenes, C={r['limit']}, L={r['latency']:g} s, portraits"
+        f" {'on' if r['portraits'] else 'off'}: {r['wall']:.1f} s; {paid.line(r['limit'])}\n"
+        f"peak of the summed PSS {r['peak_total_pss_mb']:.0f} MB (target <="
+        f" {TARGET_GIB * 1024:.0f} MB), summed RSS peak {r['peak_total_rss_mb']:.0f} MB, at most"
+        f" {r['peak_processes']} processes ({r['samples']} samples)\n{table}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="50 scenes")
-    mode.add_argument("--full", action="store_true", help="200 scenes (default)")
-    parser.add_argument("--scenes", type=int)
-    parser.add_argument("--json", help="write the results here")
+    parser = bench_parser(__doc__, "the target case", scenes=SCENES, limit=LIMIT, latency=LATENCY)
+    parser.add_argument(
+        "--noop-compute-logs", action="store_true", help="no tail -F helpers per step"
+    )
     args = parser.parse_args(argv)
     stop_on_sigterm()
-    scenes = args.scenes or (50 if args.quick else 200)
 
     print(f"machine: {machine_line()}", flush=True)
-    r = measure(scenes)
-    print(
-        f"{scenes} scenes in {r['wall']:.1f} s ({r['kling_tasks']} KLING tasks): peak"
-        f" {r['peak_processes']} processes; summed RSS peak {r['peak_total_rss_mb']:.0f} MB,"
-        f" summed PSS peak {r['peak_total_pss_mb']:.0f} MB ({r['samples']} samples)"
+    r = measure(
+        args.scenes, args.limit, args.latency, args.portraits == "on", args.noop_compute_logs
     )
-    print(
-        fmt_table(
-            ["process", "seen", "max at once", "peak RSS (VmHWM) max MB", "median MB"],
-            [
-                [
-                    kind,
-                    k["processes_seen"],
-                    k["max_at_once"],
-                    f"{k['max_hwm_mb']:.0f}",
-                    f"{k['median_hwm_mb']:.0f}",
-                ]
-                for kind, k in r["kinds"].items()
-            ],
-        )
+    print(report(r))
+    print(f"machine after: {r['load_after']}")
+    peak_gib = r["peak_total_pss_mb"] / 1024
+    target = Target(
+        f"5. memory {r['scenes']} scenes C={r['limit']}: peak of the summed PSS",
+        f"<= {TARGET_GIB:g} GiB",
+        f"{peak_gib:.2f} GiB ({r['peak_processes']} processes at most)",
+        peak_gib <= TARGET_GIB,
     )
-    print(f"machine after: {machine_line()}")
-    emit_json(args.json, {"benchmark": "memory", "machine": machine_line(), **r})
-    return 0
+    return finish("memory", args.json, [target], **r)
 
 
 if __name__ == "__main__":

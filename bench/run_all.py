@@ -1,12 +1,17 @@
-"""Run every benchmark in its quick mode, one after the other, and print a summary table of
-the ratios measured in this run (absolute times are not comparable between runs).
+"""Run every benchmark, one after the other, and print one table of the issue's targets: each
+target, its bound, what this run measured and pass/FAIL (figures measured in this run, with the
+machine's size and load average before and after).
 
-    python bench/run_all.py               # quick mode, about 10 minutes on 2 cores
-    python bench/run_all.py --full        # every benchmark's full mode (about an hour)
-    python bench/run_all.py --only throughput,sensor_scale
+    python bench/run_all.py                 # --quick: the target cases (about 10 minutes on 2
+                                            # idle cores)
+    python bench/run_all.py --full          # every benchmark's full mode
+    python bench/run_all.py --smoke         # small cases (N, L smaller): checks that every
+                                            # script works end to end, not the targets
+    python bench/run_all.py --only throughput,rerun
 
 Each benchmark runs as its own process (`python bench/<name>.py --quick --json ...`); its
-output is shown as it comes. Exit status 1 if any benchmark failed.
+output is shown as it comes. Exit status 0 when every target is met, 1 otherwise (or when a
+benchmark failed to measure).
 """
 
 from __future__ import annotations
@@ -18,88 +23,46 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from _common import BENCH, fmt_table, machine_line, stop_on_sigterm
 
-BENCHMARKS = ("throughput", "many_scripts", "sensor_scale", "memory")
-
-
-def summary_rows(name: str, data: dict[str, Any]) -> list[list[str]]:
-    if name == "throughput":
-        return [
-            [
-                f"throughput N={r['scenes']} C={r['limit']} L={r['latency']:g}s",
-                f"wall {r['wall']:.1f} s / (ceil(N/C)*L {r['bound_waves']:.0f} s + fixed"
-                f" {r['fixed']:.1f} s)",
-                f"{r['ratio']:.2f}",
-                f"{r['overhead_per_scene']:.2f} s/scene over the bound; max in flight"
-                f" {r['max_in_flight']}/{r['limit']}",
-            ]
-            for r in data["results"]
-        ]
-    if name == "many_scripts":
-        r = data
-        return [
-            [
-                f"many scripts {r['scripts']}x{r['scenes_per_script']} C={r['limit']}"
-                f" L={r['latency']:g}s",
-                f"wall {r['wall']:.1f} s / ceil({r['scripts'] * r['scenes_per_script']}/C)*L"
-                f" {r['bound']:.0f} s",
-                f"{r['ratio']:.2f}",
-                f"{r['complete']}/{r['scripts']} complete; max in flight"
-                f" {r['max_in_flight']}/{r['limit']}",
-            ]
-        ]
-    if name == "sensor_scale":
-        return [
-            [
-                f"sensor {r['seen']} seen + {r['new']} new",
-                f"idle tick {r['idle_tick_median']:.2f} s",
-                f"{r['ticks_needed']} ticks",
-                "busy ticks " + ", ".join(f"{t:.1f}" for t in r["busy_ticks"]) + " s",
-            ]
-            for r in data["results"]
-        ]
-    if name == "memory":
-        r = data
-        step = r["kinds"].get("step", {})
-        return [
-            [
-                f"memory {r['scenes']} scenes",
-                f"summed PSS peak {r['peak_total_pss_mb']:.0f} MB"
-                f" (RSS {r['peak_total_rss_mb']:.0f})",
-                f"{r['peak_processes']} procs",
-                f"CLI {r['kinds'].get('cli', {}).get('max_hwm_mb', 0):.0f} MB, step max"
-                f" {step.get('max_hwm_mb', 0):.0f} MB",
-            ]
-        ]
-    return []
+# name -> the arguments of its --smoke case
+BENCHMARKS: dict[str, list[str]] = {
+    "throughput": ["--scenes", "8", "--latency", "2"],
+    "rerun": ["--scenes", "8", "--latency", "2"],
+    "many_scripts": ["--scripts", "4", "--scenes", "3", "--latency", "2"],
+    "memory": ["--scenes", "30"],
+    "sensor_scale": ["--new", "100", "--seen", "2000"],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="full mode of every benchmark")
-    parser.add_argument("--only", help="comma-separated benchmark names")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="the target cases (default)")
+    mode.add_argument("--full", action="store_true", help="every benchmark's full mode")
+    mode.add_argument("--smoke", action="store_true", help="small cases, not the targets")
+    parser.add_argument("--only", help="comma-separated names: " + ", ".join(BENCHMARKS))
     args = parser.parse_args(argv)
     stop_on_sigterm()
-    names = [n for n in BENCHMARKS if not args.only or n in args.only.split(",")]
+    wanted = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = set(wanted) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
 
-    print(f"machine before: {machine_line()}", flush=True)
+    before = machine_line()
+    print(f"machine before: {before}", flush=True)
     rows: list[list[str]] = []
-    failed: list[str] = []
+    ok = True
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-run-all-") as tmp:
-        for name in names:
+        for name in (n for n in BENCHMARKS if n in wanted):
             out = Path(tmp) / f"{name}.json"
-            command = [
-                sys.executable,
-                str(BENCH / f"{name}.py"),
-                "--full" if args.full else "--quick",
-            ]
-            print(f"\n### {name}: {' '.join(command[1:])}", flush=True)
+            mode_args = BENCHMARKS[name] if args.smoke else ["--full" if args.full else "--quick"]
+            command = [sys.executable, str(BENCH / f"{name}.py"), *mode_args, "--json", str(out)]
+            print(f"\n### {name}: {' '.join(command[1:-2])}", flush=True)
             t0 = time.perf_counter()
-            child = subprocess.Popen([*command, "--json", str(out)], cwd=BENCH.parent)
+            child = subprocess.Popen(command, cwd=BENCH.parent)
             try:
                 returncode = child.wait()
             except BaseException:
@@ -107,17 +70,22 @@ def main(argv: list[str] | None = None) -> int:
                 child.terminate()
                 child.wait(timeout=60)
                 raise
-            print(f"### {name}: {time.perf_counter() - t0:.0f} s, exit {returncode}")
-            if returncode != 0 or not out.exists():
-                failed.append(name)
-                rows.append([name, "FAILED", "-", f"exit {returncode}"])
+            print(f"### {name}: {time.perf_counter() - t0:.0f} s, exit {returncode}", flush=True)
+            if not out.exists():
+                ok = False
+                rows.append([name, "-", f"no result (exit {returncode})", "FAIL"])
                 continue
-            rows += summary_rows(name, json.loads(out.read_text()))
-    print(f"\nsummary ({time.perf_counter() - started:.0f} s; machine after: {machine_line()})")
-    print(fmt_table(["benchmark", "measured", "ratio", "notes"], rows))
-    if failed:
-        print(f"FAILED: {', '.join(failed)}")
-    return 1 if failed else 0
+            for target in json.loads(out.read_text())["targets"]:
+                ok = ok and target["passed"]
+                verdict = "pass" if target["passed"] else "FAIL"
+                rows.append([target["name"], target["bound"], target["measured"], verdict])
+    print(
+        f"\nsummary ({'smoke: not the target cases; ' if args.smoke else ''}"
+        f"{time.perf_counter() - started:.0f} s)\nmachine before: {before}\nmachine after: "
+        f"{machine_line()}"
+    )
+    print(fmt_table(["target", "bound", "measured", "verdict"], rows))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

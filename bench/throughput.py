@@ -1,277 +1,225 @@
-"""Script throughput: one script of N scenes through `scene-pipeline run` (the real CLI, a
-subprocess) against the fake KLING (latency L per task, account limit C) and the fake OpenAI.
+"""Throughput of one script: `scene-pipeline run script.json` (the real CLI, a subprocess,
+wall time from its start to its exit) against the fake KLING (latency L per task, account limit
+C) and the fake OpenAI, with a temporary DAGSTER_HOME (the repository's dagster.yaml; the run
+sets the `kling` pool's limit from KLING_MAX_CONCURRENCY = C).
 
-The bound is the KLING account's: ceil(N/C) waves of L seconds, plus the fixed cost of the
-same command run again on the same storage (everything cached: nothing to draw, so it
-measures Dagster and process overhead only). ratio = wall / bound.
+Target (N = 24, C = 4, L = 8 s, portraits off): wall <= 1.25 x ceil(N/C) x L on an otherwise
+idle 2-core machine. With character reference portraits on, the portraits take one more wave
+first: bound = (ceil(portraits/C) + ceil(N/C)) x L. ratio = wall / bound.
 
-Each run gets a temporary DAGSTER_HOME whose dagster.yaml sets the kling pool limit to C
-(KLING_MAX_CONCURRENCY=C too, which also sets the executor's image-step limit).
-KLING_POLL_INTERVAL_SECONDS is 0.25 s (the client polls at that steady interval), so that a
-task is seen finished at most 0.25 s after it is done ("body - L" in the output).
+Printed per case: the wall time and ratio; the phases from the run's event log (CLI start ->
+run start -> first render step start -> last render step success -> run end -> CLI exit); per
+render step (median and max) spawn, init and body; the share of the C slots busy during the
+image phase (first render step start -> last render step success) from the fake KLING's own
+task times; KLING tasks, max in flight and 429/1303 refusals; OpenAI chat calls; CPU time of
+the run's process tree.
 
-    python bench/throughput.py                     # --quick: N=24 C=4 (the target case)
-    python bench/throughput.py --full              # N = 24, 100, 200 x C = 4, 8 (~25 min)
-    python bench/throughput.py --cases 100:8       # any N:C list
-    python bench/throughput.py --noop-compute-logs # as `scene-pipeline run` without
-                                                   # DAGSTER_HOME (no per-step log capture)
+    python bench/throughput.py                        # --quick: the target case, portraits
+                                                      # off then on (about 3 minutes)
+    python bench/throughput.py --full                 # also N=100 C=8
+    python bench/throughput.py --scenes 8 --latency 2 --portraits off   # a smoke test
+    python bench/throughput.py --noop-compute-logs    # as `scene-pipeline run` without
+                                                      # DAGSTER_HOME (no per-step log capture)
 """
 
 from __future__ import annotations
 
-import argparse
+import math
 import sys
 from typing import Any
 
 from _common import (
-    FakeKlingServer,
-    RunTimes,
+    PORTRAIT,
+    RENDER,
+    PaidCalls,
+    Target,
     account_bound,
-    emit_json,
-    fake_providers,
-    fmt_table,
+    bench_parser,
+    cli_phases,
+    cli_setup,
+    finish,
+    kling_slot_share,
     machine_line,
-    median,
-    provider_env,
+    phases_line,
     read_run_times,
-    run_cli,
     script_document,
+    single_steps_line,
     step_overhead,
     stop_on_sigterm,
-    temp_dir,
-    write_dagster_yaml,
-    write_script,
 )
 
-LATENCY = 4.0
-POLL = 0.25
-TARGET = 1.10
-QUICK = [(24, 4)]
-FULL = [(n, c) for n in (24, 100, 200) for c in (4, 8)]
-
-
-def kling_utilisation(kling: FakeKlingServer, limit: int, latency: float) -> tuple[float, float]:
-    """(seconds from the first submit to the last finish, share of the account's C slots
-    busy over that span)."""
-    tasks = kling.tasks
-    if not tasks:
-        return 0.0, 0.0
-    start = min(t.created_mono for t in tasks)
-    end = max(t.finishes_mono or t.created_mono for t in tasks)
-    span = end - start
-    return span, (len(tasks) * latency) / (limit * span) if span else 0.0
-
-
-def image_phase(times: RunTimes, limit: int) -> dict[str, float]:
-    """Where the kling slots went: launch of the first image step to the last image step's
-    success; busy = claimed by a step (STEP_WORKER_STARTING to STEP_SUCCESS)."""
-    steps = [
-        s
-        for s in times.of_kind("draw_scene_image")
-        if s.worker_starting is not None and s.success is not None
-    ]
-    prompts = [s for s in times.of_kind("write_scene_prompt") if s.worker_starting]
-    if not steps or times.run_start is None:
-        return {}
-    first = min(s.worker_starting for s in steps)  # type: ignore[type-var]
-    last = max(s.success for s in steps)  # type: ignore[type-var]
-    busy = sum(s.success - s.worker_starting for s in steps)  # type: ignore[operator]
-    first_prompt = min((s.worker_starting for s in prompts), default=first)  # type: ignore[type-var]
-    return {
-        "run_start_to_first_prompt": first_prompt - times.run_start,  # type: ignore[operator]
-        "first_prompt_to_first_image": first - first_prompt,  # type: ignore[operator]
-        "image_phase": last - first,  # type: ignore[operator]
-        "slot_utilisation": busy / (limit * (last - first)) if last > first else 0.0,  # type: ignore[operator]
-        "after_last_image": (times.run_end - last) if times.run_end else float("nan"),  # type: ignore[operator]
-    }
+SCENES, LIMIT, LATENCY, POLL = 24, 4, 8.0, 0.25
+TARGET_RATIO = 1.25
+FULL_EXTRA = [(100, 8)]
 
 
 def measure(
     scenes: int,
     limit: int,
-    latency: float = LATENCY,
-    poll: float = POLL,
+    latency: float,
+    poll: float,
+    portraits: bool,
     noop_compute_logs: bool = False,
 ) -> dict[str, Any]:
-    """One script of `scenes` scenes, then the same command again (fully cached).
-    `noop_compute_logs`: the temporary instance captures no step stdout/stderr, as the CLI's
-    own temporary instance (no DAGSTER_HOME) does."""
-    with temp_dir("bench-throughput-") as tmp, fake_providers(latency, limit) as (kling, openai):
-        home = tmp / "dagster_home"
-        write_dagster_yaml(home, limit, noop_compute_logs=noop_compute_logs)
-        env = provider_env(kling, openai, tmp / "storage", limit, poll, dagster_home=home)
-        script = write_script(tmp / "script.json", script_document(f"bench-n{scenes}", scenes))
-        first = run_cli(script, env, tmp, timeout=1800)
-        if first.returncode != 0 or first.run_id is None:
-            raise RuntimeError(f"run failed ({first.returncode}): {first.stderr[-3000:]}")
-        tasks, max_in_flight = len(kling.tasks), kling.max_in_flight
-        span, utilisation = kling_utilisation(kling, limit, latency)
-        again = run_cli(script, env, tmp, timeout=600)
-        if again.returncode != 0 or again.run_id is None:
-            raise RuntimeError(f"re-run failed ({again.returncode}): {again.stderr[-3000:]}")
-        if len(kling.tasks) != tasks:
-            raise RuntimeError("the cached re-run submitted KLING tasks")
-        times = read_run_times(home, first.run_id)
-        cached = read_run_times(home, again.run_id)
-    if tasks != scenes:
-        raise RuntimeError(f"{tasks} KLING tasks for {scenes} scenes")
-    if max_in_flight > limit:
-        raise AssertionError(f"KLING tasks in flight {max_in_flight} > limit {limit}")
-    bound_waves = account_bound(scenes, limit, latency)
-    bound = bound_waves + again.wall
-    image = step_overhead(times, "draw_scene_image")
-    prompt = step_overhead(times, "write_scene_prompt")
-    run_span = (times.run_end or 0) - (times.run_start or 0)
-    cached_span = (cached.run_end or 0) - (cached.run_start or 0)
+    document = script_document(f"bench-n{scenes}", scenes)
+    characters = len(document["script_metadata"]["characters"])
+    with cli_setup(
+        "throughput",
+        document,
+        latency=latency,
+        limit=limit,
+        poll=poll,
+        portraits=portraits,
+        noop_compute_logs=noop_compute_logs,
+    ) as setup:
+        run = setup.run()
+        run.check("scene-pipeline run")
+        assert run.run_id is not None
+        paid = setup.paid()
+        times = read_run_times(setup.home, run.run_id)
+        phases = cli_phases(run, times)
+        share = kling_slot_share(
+            setup.kling,
+            limit,
+            phases.get("first_render_start", 0),
+            phases.get("last_render_success", 0),
+        )
+    portrait_waves = math.ceil(characters / limit) if portraits else 0
+    bound = account_bound(scenes, limit, latency) + portrait_waves * latency
+    render = step_overhead(times, RENDER)
+    portrait = step_overhead(times, PORTRAIT) if portraits else None
     return {
         "scenes": scenes,
         "limit": limit,
         "latency": latency,
         "poll_interval": poll,
+        "portraits": portraits,
+        "characters": characters,
         "noop_compute_logs": noop_compute_logs,
-        "wall": first.wall,
-        "fixed": again.wall,
-        "cpu": first.cpu,
-        "fixed_cpu": again.cpu,
-        "cpu_per_scene": (first.cpu - again.cpu) / scenes if first.cpu and again.cpu else None,
-        "fixed_run_span": cached_span,
-        "fixed_steps": len(cached.steps),
-        "bound_waves": bound_waves,
+        "wall": run.wall,
         "bound": bound,
-        "ratio": first.wall / bound,
-        "overhead_per_scene": (first.wall - bound) / scenes,
-        "run_span": run_span,
-        "cli_outside_run": first.wall - run_span,
-        "kling_tasks": tasks,
-        "max_in_flight": max_in_flight,
-        "kling_span": span,
-        "kling_utilisation": utilisation,
-        "poll_overshoot": image.body - latency,
-        "image_step": vars(image),
-        "prompt_step": vars(prompt),
-        "phases": image_phase(times, limit),
-        "fixed_step_total_median": median(
-            [
-                s.success - s.worker_starting
-                for s in cached.steps.values()
-                if s.success and s.worker_starting
-            ]  # fmt: skip
-        ),
+        "portrait_waves": portrait_waves,
+        "ratio": run.wall / bound,
+        "expected_tasks": scenes + (characters if portraits else 0),
+        "paid": vars(paid),
+        "phases": phases,
+        "slot_share": share,
+        "render_step": vars(render),
+        "single_steps": single_steps_line(times),
+        "portrait_step": vars(portrait) if portrait else None,
+        "render_body_minus_latency": render.body[0] - latency,
+        "in_process": times.in_process,
+        "failures": times.failures,
+        "cpu": run.cpu,
+        "load_after": machine_line(),
+        "_render": render,  # for report(), not written
+        "_portrait": portrait,
     }
 
 
-def report(result: dict[str, Any]) -> str:
-    r, im, pr, ph = result, result["image_step"], result["prompt_step"], result["phases"]
-    cpu = (
-        f"  CPU of the run's process tree: {r['cpu']:.1f} s, cached re-run {r['fixed_cpu']:.1f} s:"
-        f" {r['cpu_per_scene']:.2f} CPU s per scene (less noisy than wall time on a shared"
-        " machine)"
-        if r.get("cpu_per_scene") is not None
-        else "  CPU: not measured (no PR_SET_CHILD_SUBREAPER)"
+def case_name(r: dict[str, Any]) -> str:
+    return (
+        f"N={r['scenes']} C={r['limit']} L={r['latency']:g}s portraits"
+        f" {'on' if r['portraits'] else 'off'}"
     )
+
+
+def report(r: dict[str, Any]) -> str:
+    paid = PaidCalls(**r["paid"])
+    waves = f"ceil({r['scenes']}/{r['limit']})"
+    if r["portrait_waves"]:
+        waves = f"({r['portrait_waves']} portrait wave + {waves})"
     lines = [
-        f"N={r['scenes']} C={r['limit']} L={r['latency']:g}s: wall {r['wall']:.1f} s, bound"
-        f" {r['bound_waves']:.0f} s + fixed {r['fixed']:.1f} s = {r['bound']:.1f} s, ratio"
-        f" {r['ratio']:.2f} (target <= {TARGET} at N=24 C=4); overhead"
-        f" {r['overhead_per_scene']:.2f} s/scene",
-        f"  KLING: {r['kling_tasks']} tasks, max in flight {r['max_in_flight']} (limit"
-        f" {r['limit']}), account busy {r['kling_utilisation']:.0%} of C x"
-        f" {r['kling_span']:.1f} s from first submit to last finish",
-        f"  CLI outside the run (imports, instance, accepted copy, summary):"
-        f" {r['cli_outside_run']:.1f} s; run {r['run_span']:.1f} s; cached re-run: run"
-        f" {r['fixed_run_span']:.1f} s of {r['fixed']:.1f} s, {r['fixed_steps']} steps, median"
-        f" {r['fixed_step_total_median']:.2f} s per step",
+        f"wall {r['wall']:.1f} s = {r['ratio']:.2f} x {waves} x {r['latency']:g} s ="
+        f" {r['bound']:g} s (target <= {TARGET_RATIO})",
+        "  " + phases_line(r["phases"]),
+        "  "
+        + r["_render"].line()
+        + f"; body - L = {r['render_body_minus_latency']:.2f} s (the prompt call, waiting"
+        " for a kling slot, submit, polls, download, write)",
+        "  " + r["single_steps"],
     ]
-    lines.append(cpu)
-    if ph:
+    if r["_portrait"] is not None:
+        lines.append("  " + r["_portrait"].line())
+    lines += [
+        f"  image phase: KLING slots busy {r['slot_share']:.0%} of C x"
+        f" {r['phases'].get('render_phase', float('nan')):.1f} s (the fake's task times)",
+        f"  {paid.line(r['limit'])} (expected {r['expected_tasks']} tasks)",
+    ]
+    if r["cpu"] is not None:
         lines.append(
-            f"  phases: run start -> first prompt step {ph['run_start_to_first_prompt']:.1f} s,"
-            f" -> first image step {ph['first_prompt_to_first_image']:.1f} s, image phase"
-            f" {ph['image_phase']:.1f} s (kling slots held {ph['slot_utilisation']:.0%} of it),"
-            f" after the last image {ph['after_last_image']:.1f} s"
+            f"  CPU of the run's process tree: {r['cpu']:.1f} s ({r['cpu'] / r['scenes']:.2f} s"
+            " per scene)"
         )
-    for name, s in (("image step", im), ("prompt step", pr)):
-        lines.append(
-            f"  {name} (median of {s['count']}): spawn {s['spawn']:.2f} s"
-            f" (STEP_WORKER_STARTING->STARTED), init {s['init']:.2f} s (->STEP_START: job"
-            f" load, resources, inputs), body {s['body']:.2f} s (->STEP_SUCCESS), total"
-            f" {s['total']:.2f} s"
-        )
-    lines.append(
-        f"  image step body - L = {r['poll_overshoot']:.2f} s (poll overshoot, submit, download,"
-        " write)"
-    )
+    lines += [f"  FAILED (retried or not): {m}" for m in r["failures"]]
+    if r["in_process"]:
+        lines.append("  NOTE: the run executed in-process (no step processes)")
     return "\n".join(lines)
 
 
+def targets_of(r: dict[str, Any]) -> list[Target]:
+    paid = PaidCalls(**r["paid"])
+    name = case_name(r)
+    return [
+        Target(
+            f"1. throughput {name}: wall / bound",
+            f"<= {TARGET_RATIO}",
+            f"{r['ratio']:.2f} ({r['wall']:.1f} s / {r['bound']:g} s)",
+            r["ratio"] <= TARGET_RATIO,
+        ),
+        Target(
+            f"1. throughput {name}: KLING over its limit",
+            "0 x 429/1303",
+            f"{paid.refused_1303} (max in flight {paid.max_in_flight}/{r['limit']},"
+            f" {paid.kling_tasks}/{r['expected_tasks']} tasks)",
+            paid.refused_1303 == 0 and paid.kling_tasks == r["expected_tasks"],
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="N=24 C=4 (default)")
-    mode.add_argument("--full", action="store_true", help="N = 24, 100, 200 x C = 4, 8")
-    parser.add_argument("--cases", help="explicit N:C list, e.g. 24:4,100:8")
-    parser.add_argument("--latency", type=float, default=LATENCY)
-    parser.add_argument("--poll", type=float, default=POLL)
+    parser = bench_parser(
+        __doc__,
+        "also N=100 C=8 (portraits off)",
+        scenes=SCENES,
+        limit=LIMIT,
+        latency=LATENCY,
+        portraits=("off", "on", "both"),
+        portraits_default="both",
+    )
+    parser.add_argument(
+        "--poll", type=float, default=POLL, help="KLING_POLL_INTERVAL_SECONDS (default 0.25)"
+    )
     parser.add_argument(
         "--noop-compute-logs",
         action="store_true",
-        help="NoOpComputeLogManager in the temporary dagster.yaml (as the CLI's own temporary"
-        " instance); default: Dagster's LocalComputeLogManager, as with a DAGSTER_HOME",
+        help="NoOpComputeLogManager (as the CLI's own temporary instance); default: Dagster's"
+        " LocalComputeLogManager, as with a DAGSTER_HOME",
     )
-    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     stop_on_sigterm()
 
+    variants = {"off": [False], "on": [True], "both": [False, True]}[args.portraits]
+    cases = [(args.scenes, args.limit, p) for p in variants]
+    if args.full:
+        cases += [(n, c, False) for n, c in FULL_EXTRA]
     print(f"machine: {machine_line()}")
     print(
-        f"KLING latency {args.latency:g} s, KLING_POLL_INTERVAL_SECONDS={args.poll:g}, compute"
-        f" logs: {'NoOp' if args.noop_compute_logs else 'Local (Dagster default)'}"
+        f"KLING latency L = {args.latency:g} s, KLING_POLL_INTERVAL_SECONDS={args.poll:g},"
+        f" compute logs: {'NoOp' if args.noop_compute_logs else 'Local (Dagster default)'}",
+        flush=True,
     )
-    if args.cases:
-        cases = [tuple(int(x) for x in c.split(":")) for c in args.cases.split(",")]
-    else:
-        cases = FULL if args.full else QUICK
     results: list[dict[str, Any]] = []
-    for n, c in cases:
-        print(f"\n== N={n} C={c} ({machine_line()})", flush=True)
-        result = measure(n, c, args.latency, args.poll, args.noop_compute_logs)
-        result["load_after"] = machine_line()
-        results.append(result)
-        print(report(result), flush=True)
-        print(f"  machine after: {result['load_after']}", flush=True)
-    rows = [
-        [
-            r["scenes"],
-            r["limit"],
-            f"{r['wall']:.1f}",
-            f"{r['bound_waves']:g} + {r['fixed']:.1f}",
-            f"{r['ratio']:.2f}",
-            f"{r['overhead_per_scene']:.2f}",
-            r["max_in_flight"],
-            f"{r['kling_utilisation']:.0%}",
-            f"{r['cpu_per_scene'] or float('nan'):.2f}",
-        ]
-        for r in results
-    ]
-    print(f"\nthroughput (L={args.latency:g}s, {machine_line()}):")
-    print(
-        fmt_table(
-            [
-                "N",
-                "C",
-                "wall s",
-                "bound s",
-                "ratio",
-                "overhead s/scene",
-                "max in flight",
-                "account busy",
-                "CPU s/scene",
-            ],
-            rows,
-        )
-    )
-    emit_json(args.json, {"benchmark": "throughput", "machine": machine_line(), "results": results})
-    return 0
+    for scenes, limit, portraits in cases:
+        print(f"\n== N={scenes} C={limit} portraits {'on' if portraits else 'off'}", flush=True)
+        r = measure(scenes, limit, args.latency, args.poll, portraits, args.noop_compute_logs)
+        results.append(r)
+        print(report(r), flush=True)
+        print(f"  machine after: {r['load_after']}", flush=True)
+    targets = [t for r in results for t in targets_of(r)]
+    for r in results:
+        del r["_render"], r["_portrait"]
+    return finish("throughput", args.json, targets, results=results)
 
 
 if __name__ == "__main__":
