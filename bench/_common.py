@@ -42,8 +42,7 @@ CLI = str(BIN / "scene-pipeline")
 DAEMON = str(BIN / "dagster-daemon")
 INBOX = "scripts/incoming/"
 RENDER = "render_scene"  # the kind of the per-scene steps (`scenes.render_scene[<scene>]`)
-PORTRAIT = "draw_portrait"
-SINGLE_STEPS = ("plan_script", "collect_portraits", "publish_script")  # one each per run
+SINGLE_STEPS = ("plan_script", "publish_script")  # one each per run
 REFERENCE_SIDE = 640
 
 # Every setting the pipeline reads (the settings model's own list) and anything that could

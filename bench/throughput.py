@@ -29,7 +29,6 @@ import sys
 from typing import Any
 
 from _common import (
-    PORTRAIT,
     RENDER,
     PaidCalls,
     Target,
@@ -87,7 +86,6 @@ def measure(
     portrait_waves = math.ceil(characters / limit) if portraits else 0
     bound = account_bound(scenes, limit, latency) + portrait_waves * latency
     render = step_overhead(times, RENDER)
-    portrait = step_overhead(times, PORTRAIT) if portraits else None
     return {
         "scenes": scenes,
         "limit": limit,
@@ -106,14 +104,12 @@ def measure(
         "slot_share": share,
         "render_step": vars(render),
         "single_steps": single_steps_line(times),
-        "portrait_step": vars(portrait) if portrait else None,
         "render_body_minus_latency": render.body[0] - latency,
         "in_process": times.in_process,
         "failures": times.failures,
         "cpu": run.cpu,
         "load_after": machine_line(),
         "_render": render,  # for report(), not written
-        "_portrait": portrait,
     }
 
 
@@ -139,8 +135,6 @@ def report(r: dict[str, Any]) -> str:
         " for a kling slot, submit, polls, download, write)",
         "  " + r["single_steps"],
     ]
-    if r["_portrait"] is not None:
-        lines.append("  " + r["_portrait"].line())
     lines += [
         f"  image phase: KLING slots busy {r['slot_share']:.0%} of C x"
         f" {r['phases'].get('render_phase', float('nan')):.1f} s (the fake's task times)",
@@ -218,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  machine after: {r['load_after']}", flush=True)
     targets = [t for r in results for t in targets_of(r)]
     for r in results:
-        del r["_render"], r["_portrait"]
+        del r["_render"]
     return finish("throughput", args.json, targets, results=results)
 
 

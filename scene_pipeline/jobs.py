@@ -11,19 +11,23 @@ from dagster import AssetSelection, define_asset_job
 
 from scene_pipeline.constants import ASSET_GROUP, SCENE_JOB_NAME
 
-# Steps other than those waiting on KLING: plan, portraits' collection, publish, and a prompt
-# being written for the next scene while every slot is busy.
-EXTRA_STEPS = 2
+PRELOAD_MODULES = ["scene_pipeline._preload"]
+
+
+def max_steps(kling_limit: int) -> int:
+    """Steps of one run at once: one per slot of the account, drawing, and as many again,
+    started, with their prompts written, waiting for a slot. A wave of tasks tends to finish
+    together, so every freed slot is taken at once instead of after a step process starts
+    (measured in bench/throughput.py). Waiting steps wait on KLING, not on the CPU."""
+    return 2 * kling_limit
 
 
 def multiprocess_config(kling_limit: int) -> dict[str, Any]:
-    """A run starts as many steps as the account has slots, plus a few: render steps wait
-    for KLING, not for the CPU, and the next one writes its prompt while the others draw."""
     return {
         "multiprocess": {
-            "max_concurrent": kling_limit + EXTRA_STEPS,
+            "max_concurrent": max_steps(kling_limit),
             # Forkserver with preloaded modules keeps each step's start-up cost low.
-            "start_method": {"forkserver": {"preload_modules": ["scene_pipeline._preload"]}},
+            "start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}},
         }
     }
 

@@ -49,7 +49,7 @@ def resources(
     return {
         "bucket": bucket,
         "prompt_writer": prompt_writer or OfflinePromptWriterResource(),
-        "image_maker": image_maker or OfflineImageMakerResource(long_side=320),
+        "image_maker": image_maker or OfflineImageMakerResource(long_side=480),
         "pipeline": pipeline or PipelineResource(),
         "io_manager": JsonIOManager(bucket=bucket),
         "script_io_manager": ScriptDocumentIOManager(bucket=bucket),

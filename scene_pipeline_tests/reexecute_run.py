@@ -3,7 +3,7 @@
     python -m scene_pipeline_tests.reexecute_run RUN_ID
 
 Uses the instance at $DAGSTER_HOME and the same reconstructable job as
-`scene_pipeline.cli.execute_scene_job` (multiprocess executor), with the parent run's tags
+`scene_pipeline.cli.instance.execute_scene_job` (multiprocess executor), with the parent run's tags
 (`dagster/partition` included) and run config. Runs in its own process so that the step
 processes inherit this environment (a forkserver started earlier by a test process would
 not). Writes one JSON line: {"run_id": ..., "success": ...}.

@@ -41,7 +41,7 @@ class RefusingMaker:
     else a request the provider cannot do); draws everything else, portraits included."""
 
     def __init__(self, refused: set[str], moderation: bool) -> None:
-        self.inner = PlaceholderImageMaker(long_side=128)
+        self.inner = PlaceholderImageMaker(long_side=480)
         self.identity = self.inner.identity
         self.max_references = self.inner.max_references
         self.refused = refused
@@ -148,7 +148,7 @@ def bucket(tmp_path: Path) -> BucketResource:
 @pytest.fixture
 def counting() -> CountingMakerResource:
     CountingMaker.requests = []
-    return CountingMakerResource(long_side=128)
+    return CountingMakerResource(long_side=480)
 
 
 def materialize_script(

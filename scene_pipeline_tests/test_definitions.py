@@ -71,26 +71,19 @@ def test_every_job_sensor_and_schedule_resolves() -> None:
     }
 
 
-def test_the_job_has_a_step_per_portrait_and_per_scene_with_retries() -> None:
+def test_the_job_has_a_step_per_scene_between_plan_and_publish_with_retries() -> None:
     from scene_pipeline.definitions import defs
 
     job = defs.resolve_job_def("scene_job")
     assert isinstance(job.partitions_def, DynamicPartitionsDefinition)
     assert job.partitions_def.name == "scripts"
     ops = {node.name: node.definition for node in job.graph.node_dict["scenes"].definition.nodes}
-    assert set(ops) == {
-        "plan_script",
-        "draw_portrait",
-        "collect_portraits",
-        "render_scene",
-        "publish_script",
-    }
-    for name in ("plan_script", "draw_portrait", "render_scene"):
+    assert set(ops) == {"plan_script", "render_scene", "publish_script"}
+    for name in ("plan_script", "render_scene"):
         assert ops[name].retry_policy is not None and ops[name].retry_policy.max_retries == 2
-    assert ops["plan_script"].output_dict["portraits_todo"].is_dynamic
     assert ops["plan_script"].output_dict["scenes_todo"].is_dynamic
     # The KLING account's limit is claimed around each paid task, not held per step.
-    assert not ops["render_scene"].pool and not ops["draw_portrait"].pool
+    assert not ops["render_scene"].pool and not ops["plan_script"].pool
 
 
 def test_the_job_runs_multiprocess_by_default_sized_by_the_kling_limit() -> None:
@@ -99,7 +92,7 @@ def test_the_job_runs_multiprocess_by_default_sized_by_the_kling_limit() -> None
     job = defs.resolve_job_def("scene_job")
     assert job.executor_def.name == "multi_or_in_process_executor"
     execution = job.get_run_config_for_partition_key("any")["execution"]["config"]
-    assert execution["multiprocess"]["max_concurrent"] == settings.kling_max_concurrency + 2
+    assert execution["multiprocess"]["max_concurrent"] == 2 * settings.kling_max_concurrency
     start = execution["multiprocess"]["start_method"]["forkserver"]
     assert start["preload_modules"] == ["scene_pipeline._preload"]
 

@@ -1,21 +1,28 @@
 """A run SIGKILLed while its KLING tasks are in flight is resumed without paying again.
 
-Paid work must survive a dead run worker: `scene-pipeline run` is started as a process group
-on a files-backed DAGSTER_HOME, the fake KLING holds every task unfinished (`hang_all`), and
-once every scene's task is accepted and journaled in `pipeline/tasks/` the whole group (run
-worker, forkserver, step processes) gets SIGKILL. Nothing of the run gets to report anything.
-Then the tasks are allowed to finish and the run is resumed in the two ways an operator has:
+Paid work must survive a dead run worker: `scene-pipeline run` is started as a process group,
+the fake KLING holds every scene's task unfinished (a hang marker in every scene's prompt;
+the portraits drawn first finish normally), and once every scene's task is accepted and
+journaled in `pipeline/tasks/` the whole group (run worker, forkserver, step processes) gets
+SIGKILL. Nothing of the run gets to report anything, and the killed CLI's lease on the script
+stays in the bucket, live until it expires (`core/leases.py` LEASE_SECONDS, 10 minutes).
+Then the tasks are allowed to finish and the run is resumed in the ways an operator has:
 
 - from failure: the instance still says STARTED, so the test does what run monitoring does
   for a dead run worker (`report_run_failed`) and what the daemon's
   `free_slots_after_run_end_seconds` does (free the dead run's `kling` pool slots), then
-  re-executes from failure with the parent's tags, as the UI does;
-- a fresh `scene-pipeline run` of the same file (a temporary instance, as without
-  DAGSTER_HOME).
+  re-executes from failure with the parent's tags (the CLI's lease token among them), as the
+  UI does;
+- a new `scene-pipeline run` of the same file on a temporary instance (no DAGSTER_HOME): a
+  lease of a holder this host cannot check (another host) makes it exit 3 naming the holder
+  until the lease expires (the test rewrites the lease instead of waiting 10 minutes);
+- a new `scene-pipeline run` on the same DAGSTER_HOME: the killed CLI's lease names this host
+  and a process that is gone, so it is taken over at once; the killed run is marked failed
+  and its pool slots freed before the new run starts.
 
-Either way the fake must have seen exactly one task per scene (no second submit, not even a
-refused one), the image steps must have polled the journaled tasks, and the manifest must be
-complete with every image present.
+Either way the fake must have seen exactly one task per requested image (no second submit,
+not even a refused one), the scene steps must have polled the journaled tasks, and the
+manifest must be complete with every image present.
 """
 
 from __future__ import annotations
@@ -24,34 +31,65 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
+from scene_pipeline.contract.outputs import utc_now
+from scene_pipeline.core.leases import Lease
+from scene_pipeline.storage import Bucket, layout
+from scene_pipeline.storage.local import LocalObjectStore
+
 from .fakes.kling import FakeKlingServer
 from .fakes.openai import FakeOpenAIServer
-from .resilience import CLI, fake_env, run_to_end, script_document, start, wait_until, write_script
+from .resilience import (
+    CLI,
+    Background,
+    fake_env,
+    run_to_end,
+    script_document,
+    start,
+    wait_until,
+    write_script,
+)
 
 SCRIPT_ID = "killed"
 SCENES = 2
+PORTRAITS = 2  # one per character; each scene has one of them in it
+HANG = "[[hang-task]]"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
 def fakes() -> Iterator[tuple[FakeOpenAIServer, FakeKlingServer]]:
-    # hang_all: no task can finish before the kill, whatever the machine's load.
+    # The hang marker: no scene's task can finish before the kill, whatever the machine's load.
     with (
         FakeOpenAIServer() as openai,
-        FakeKlingServer(hang_all=True, concurrency_limit=SCENES, task_latency_seconds=0.3) as kling,
+        FakeKlingServer(
+            hang_marker=HANG,
+            concurrency_limit=SCENES,
+            task_latency_seconds=0.3,
+            image_long_side=480,  # portraits are sent back as references: >= 300 px
+        ) as kling,
     ):
         yield openai, kling
 
 
+def the_script(tmp_path: Path) -> Path:
+    # The fake OpenAI copies a line's emotion into the scene's prompt: the marker reaches KLING.
+    document = script_document(
+        SCRIPT_ID, SCENES, emotions=dict.fromkeys(range(1, SCENES + 1), HANG)
+    )
+    return write_script(tmp_path / "script.json", document)
+
+
 def journals(storage: Path) -> dict[str, dict[str, str]]:
-    """Task journal entries per scene id (`pipeline/tasks/<script>/<scene>/<hash>.json`)."""
+    """Scene task journal entries per scene id (`pipeline/tasks/<script>/scenes/<id>/...`)."""
     found = {}
-    for path in (storage / "pipeline" / "tasks" / SCRIPT_ID).glob("*/*.json"):
+    for path in (storage / "pipeline" / "tasks" / SCRIPT_ID / "scenes").glob("*/*.json"):
         try:
             found[path.parent.name] = json.loads(path.read_text())
         except ValueError:  # being written right now
@@ -61,9 +99,9 @@ def journals(storage: Path) -> dict[str, dict[str, str]]:
 
 def kill_while_tasks_are_in_flight(
     tmp_path: Path, kling: FakeKlingServer, env: dict[str, str], script: Path
-) -> dict[str, str]:
+) -> tuple[int, dict[str, str]]:
     """Start a run, SIGKILL its process group once every scene's task is journaled; returns
-    the journaled task id per scene."""
+    the killed CLI's pid and the journaled task id per scene."""
     job = start([CLI, "run", str(script)], env, tmp_path / "logs", "killed")
     storage = Path(env["SCENE_PIPELINE_LOCAL_DIR"])
 
@@ -74,22 +112,48 @@ def kill_while_tasks_are_in_flight(
         return len(entries) == SCENES and all(e.get("task_id") for e in entries.values())
 
     try:
-        wait_until(every_task_journaled, 120, "a journaled KLING task for every scene")
+        wait_until(every_task_journaled, 150, "a journaled KLING task for every scene")
     finally:
         job.kill_group()
-    assert len(kling.tasks) == SCENES
-    assert all(kling.task_status(t.task_id) != "succeed" for t in kling.tasks)
-    # Nothing was stored for any scene: the killed run drew no picture.
+    # The portraits were drawn; every scene's task was paid and is still running.
+    assert [kling.task_status(t.task_id) for t in kling.tasks_of("generations")] == [
+        "succeed"
+    ] * PORTRAITS
+    scene_tasks = kling.tasks_of("multi-image2image")
+    assert len(scene_tasks) == SCENES
+    assert all(kling.task_status(t.task_id) != "succeed" for t in scene_tasks)
+    # Nothing was published: the killed run drew no scene.
     assert not (storage / "results" / SCRIPT_ID / "manifest.json").exists()
-    return {scene: entry["task_id"] for scene, entry in journals(storage).items()}
+    return job.process.pid, {scene: entry["task_id"] for scene, entry in journals(storage).items()}
 
 
 def let_tasks_finish(kling: FakeKlingServer) -> int:
     """The tasks paid before the kill succeed now; a new task would succeed at once too (so a
     double payment shows up as a second task, not as a hang). Returns the polls so far."""
-    kling.options.hang_all = False
+    kling.options.hang_marker = None
     kling.release_hung_tasks()
-    return kling.requests["GET task"]
+    return kling.requests["GET multi task"]
+
+
+def lease_of(storage: Path) -> Lease | None:
+    return Bucket(LocalObjectStore(storage)).read_model(layout.lease_key(SCRIPT_ID), Lease)
+
+
+def rewrite_lease(storage: Path, **changes: Any) -> None:
+    """Change the live lease of the killed CLI (`pipeline/leases/<script>.json`), e.g. to
+    what 10 minutes without renewal do to it: an `expires_at` in the past."""
+    lease = lease_of(storage)
+    assert lease is not None and lease.expires_at > utc_now(), lease
+    Bucket(LocalObjectStore(storage)).write_model(
+        layout.lease_key(SCRIPT_ID), lease.model_copy(update=changes)
+    )
+
+
+def busy_line(stderr: str) -> str:
+    """The one line of a refused (busy) command, after the configuration banner."""
+    lines = [line for line in stderr.splitlines() if not line.startswith("scene-pipeline ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
 
 
 def assert_paid_once_and_complete(
@@ -99,12 +163,15 @@ def assert_paid_once_and_complete(
     journaled: dict[str, str],
     polls_before: int,
 ) -> None:
-    assert kling.requests["POST submit"] == SCENES, kling.requests
-    assert len(kling.tasks) == SCENES
+    assert kling.requests["POST submit"] == PORTRAITS, kling.requests
+    assert kling.requests["POST multi submit"] == SCENES, kling.requests
+    assert len(kling.tasks) == SCENES + PORTRAITS
     assert set(kling.tasks_per_request().values()) == {1}
-    assert set(kling.successful_tasks_per_request().values()) == {1}
-    assert kling.requests["GET task"] > polls_before  # the journaled tasks were polled
-    assert kling.requests["GET list"] == 0  # every task id was known: no lost-submit lookup
+    successful = kling.successful_tasks_per_request()
+    assert len(successful) == SCENES + PORTRAITS and set(successful.values()) == {1}
+    assert kling.requests["GET multi task"] > polls_before  # the journaled tasks were polled
+    # Every task id was known: no lost-submit lookup.
+    assert kling.requests["GET list"] == kling.requests["GET multi list"] == 0
     # Prompts were written before the kill and are not paid for again either.
     assert openai.calls["chat"] == 1 + SCENES
 
@@ -141,8 +208,7 @@ def test_reexecution_from_failure_polls_the_tasks_paid_before_the_kill(
 ) -> None:
     openai, kling = fakes
     home, storage, env = dagster_home_env(tmp_path, openai, kling)
-    script = write_script(tmp_path / "script.json", script_document(SCRIPT_ID, SCENES))
-    journaled = kill_while_tasks_are_in_flight(tmp_path, kling, env, script)
+    journaled = kill_while_tasks_are_in_flight(tmp_path, kling, env, the_script(tmp_path))[1]
 
     with DagsterInstance.from_config(str(home)) as instance:
         (run,) = instance.get_runs()
@@ -171,14 +237,19 @@ def test_reexecution_from_failure_polls_the_tasks_paid_before_the_kill(
         assert child.parent_run_id == parent_id
         assert child.tags["dagster/partition"] == SCRIPT_ID
         steps = {s.step_key for s in instance.get_run_step_stats(child_id)}
-        # From failure: only the image steps that never finished, and what depends on them.
-        assert not any("write_scene_prompt" in s or "plan_scenes" in s for s in steps), steps
-        assert sum("draw_scene_image" in s for s in steps) == SCENES, steps
+        # From failure: only the scene steps that never finished, and what depends on them
+        # (not the plan, not the portraits drawn before the kill).
+        assert steps == {
+            *(f"scenes.render_scene[{i}]" for i in range(1, SCENES + 1)),
+            "scenes.publish_script",
+        }, steps
 
 
 def test_a_fresh_run_of_the_same_script_resumes_the_journaled_tasks(
     tmp_path: Path, fakes: tuple[FakeOpenAIServer, FakeKlingServer]
 ) -> None:
+    """On a temporary instance (no DAGSTER_HOME). The killed CLI is made to look like one of
+    another host, whose process this host cannot check: its lease blocks until it expires."""
     openai, kling = fakes
     storage = tmp_path / "storage"
     (tmp_path / "tmp").mkdir()
@@ -191,45 +262,77 @@ def test_a_fresh_run_of_the_same_script_resumes_the_journaled_tasks(
         # The temporary instance of a killed CLI is never cleaned up: keep it under tmp_path.
         TMPDIR=str(tmp_path / "tmp"),
     )
-    script = write_script(tmp_path / "script.json", script_document(SCRIPT_ID, SCENES))
-    journaled = kill_while_tasks_are_in_flight(tmp_path, kling, env, script)
-
+    script = the_script(tmp_path)
+    killed_pid, journaled = kill_while_tasks_are_in_flight(tmp_path, kling, env, script)
     polls_before = let_tasks_finish(kling)
+    elsewhere = f"scene-pipeline pid {killed_pid} on another-host"
+    rewrite_lease(storage, holder=elsewhere, host="another-host")
+
+    # While that lease is live, the next run is refused (exit 3) naming the holder, and
+    # changes nothing.
+    code, out, err = run_to_end([CLI, "run", str(script)], env, tmp_path / "logs", "busy")
+    assert code == 3, (out + err)[-3000:]
+    assert busy_line(err).startswith(f"script {SCRIPT_ID} is busy: {elsewhere} holds it"), err
+    assert "Traceback" not in out + err
+    assert kling.requests["GET multi task"] == polls_before
+    assert not (storage / "results" / SCRIPT_ID / "manifest.json").exists()
+
+    # Once it has expired (10 minutes without renewal), the next run resumes the tasks.
+    rewrite_lease(storage, expires_at=utc_now() - timedelta(seconds=1))
     code, out, err = run_to_end([CLI, "run", str(script)], env, tmp_path / "logs", "fresh")
     assert code == 0, (out + err)[-3000:]
     assert f"script {SCRIPT_ID} " in out and "complete" in out
     assert_paid_once_and_complete(storage, openai, kling, journaled, polls_before)
 
 
+def run_unless_stuck(job: Background, home: Path, dead_run_id: str, timeout: float) -> int:
+    """Wait for `job` to end; on a timeout, say whether the kling pool was held by the dead
+    run (the failure this test exists for)."""
+    deadline = time.monotonic() + timeout
+    while job.process.poll() is None:
+        if time.monotonic() > deadline:
+            with DagsterInstance.from_config(str(home)) as instance:
+                info = instance.event_log_storage.get_concurrency_info("kling")
+            job.kill_group()
+            raise AssertionError(
+                f"the run did not end within {timeout:g} s; kling pool: active runs"
+                f" {sorted(info.active_run_ids)}, pending runs {sorted(info.pending_run_ids)}"
+                f" (the killed run: {dead_run_id})\n{job.output()[-3000:]}"
+            )
+        time.sleep(0.2)
+    return job.process.returncode
+
+
 def test_after_a_kill_the_next_cli_run_on_the_same_dagster_home_is_not_blocked(
     tmp_path: Path, fakes: tuple[FakeOpenAIServer, FakeKlingServer]
 ) -> None:
+    """The killed CLI's lease names this host and a process that is gone: the next run takes
+    it over at once (not after 10 minutes), marks the killed run failed and frees its kling
+    pool slots (else its scene steps would wait for them for ever), and finishes the work."""
     openai, kling = fakes
     home, storage, env = dagster_home_env(tmp_path, openai, kling)
-    script = write_script(tmp_path / "script.json", script_document(SCRIPT_ID, SCENES))
-    kill_while_tasks_are_in_flight(tmp_path, kling, env, script)
-    let_tasks_finish(kling)
+    script = the_script(tmp_path)
+    killed_pid, journaled = kill_while_tasks_are_in_flight(tmp_path, kling, env, script)
+    polls_before = let_tasks_finish(kling)
+    killed_lease = lease_of(storage)
+    assert killed_lease is not None and killed_lease.expires_at > utc_now()
+    assert f"pid {killed_pid} " in killed_lease.holder
     with DagsterInstance.from_config(str(home)) as instance:
         (dead,) = instance.get_runs()
+        assert dead.status == DagsterRunStatus.STARTED
 
     job = start([CLI, "run", str(script)], env, tmp_path / "logs", "next")
-    stuck_since: float | None = None
-    try:
-        deadline = time.monotonic() + 120
-        while job.process.poll() is None and time.monotonic() < deadline:
-            with DagsterInstance.from_config(str(home)) as instance:
-                info = instance.event_log_storage.get_concurrency_info("kling")
-            waiting = info.pending_run_ids - {dead.run_id}
-            if waiting and info.active_run_ids == {dead.run_id}:
-                stuck_since = stuck_since or time.monotonic()
-                # Ten seconds with every slot held by a dead run and nothing else moving.
-                assert time.monotonic() - stuck_since < 10, (
-                    f"the image steps of run(s) {sorted(waiting)} wait for kling pool slots"
-                    f" held by the killed run {dead.run_id}"
-                )
-            else:
-                stuck_since = None
-            time.sleep(0.5)
-    finally:
-        job.kill_group()
-    assert job.process.returncode == 0, job.output()[-3000:]
+    code = run_unless_stuck(job, home, dead.run_id, 150)
+    assert code == 0, job.output()[-3000:]
+    assert_paid_once_and_complete(storage, openai, kling, journaled, polls_before)
+    with DagsterInstance.from_config(str(home)) as instance:
+        runs = {r.run_id: r for r in instance.get_runs()}
+        assert len(runs) == 2
+        assert runs.pop(dead.run_id).status == DagsterRunStatus.FAILURE
+        (new,) = runs.values()
+        assert new.status == DagsterRunStatus.SUCCESS
+        assert not instance.event_log_storage.get_concurrency_info("kling").claimed_slots
+    # The new run held the script under its own lease, and released it when it finished.
+    lease = lease_of(storage)
+    assert lease is not None and lease.token != killed_lease.token
+    assert lease.expires_at <= utc_now()

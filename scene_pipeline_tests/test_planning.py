@@ -82,7 +82,8 @@ class Maker(PlaceholderImageMaker):
     """The offline maker, small, refusing the listed scenes (`refused`: for their content)."""
 
     def __init__(self, refuse: set[str] | None = None, moderation: bool = True) -> None:
-        super().__init__(long_side=96)
+        # 480: portraits (2:3) keep the 300 px a side that a reference image needs.
+        super().__init__(long_side=480)
         self.refuse = refuse or set()
         self.moderation = moderation
 

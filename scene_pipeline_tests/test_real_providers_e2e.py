@@ -1,6 +1,14 @@
 """`scene-pipeline run` with the real OpenAI and KLING clients against the fake servers:
-what a user sees when the keys are set, with faults injected."""
+what a user sees when the keys are set, with faults injected.
 
+Character references are on (the default) unless a test is about something else: a run first
+draws one portrait per character who appears in a scene (KLING text-to-image), then draws each
+scene with its characters' portraits (`/v1/images/multi-image2image`). The script of
+`resilience.script_document` has two characters, one speaking in each scene: every run that
+draws everything pays for SCENES + 2 images.
+"""
+
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -8,18 +16,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dagster import DagsterInstance, DagsterRunStatus
 
 from .fakes.kling import FakeKlingServer
 from .fakes.openai import FakeOpenAIServer
-from .resilience import script_document
+from .resilience import CLI, Background, script_document, start, wait_until, write_script
 from .test_cli import cli
 
 SCENES = 6
+PORTRAITS = 2  # 민수 speaks in the odd scenes, 할머니 in the even ones
+# Portraits are sent back to KLING as references: at least 300 px on each side (2:3).
+IMAGE_LONG_SIDE = 480
 
 
-def script(marked: dict[int, str] | None = None) -> dict[str, Any]:
-    """The 6-scene script; `marked` puts a fault marker into a scene's emotion."""
-    return script_document("e2e", SCENES, emotions=marked)
+def speaker(scene_id: str) -> str:
+    return "민수" if int(scene_id) % 2 else "할머니"
+
+
+def script(marked: dict[int, str] | None = None, scenes: int = SCENES) -> dict[str, Any]:
+    """The script; `marked` puts a fault marker into a scene's emotion (the fake OpenAI copies
+    emotions into the prompt, so the marker reaches the fake KLING)."""
+    return script_document("e2e", scenes, emotions=marked)
+
+
+def fake_kling(**options: Any) -> FakeKlingServer:
+    return FakeKlingServer(
+        **{
+            "task_latency_seconds": 0.3,
+            "concurrency_limit": 3,
+            "image_long_side": IMAGE_LONG_SIDE,
+            **options,
+        }
+    )
 
 
 @pytest.fixture
@@ -30,7 +58,7 @@ def openai_fake() -> Iterator[FakeOpenAIServer]:
 
 @pytest.fixture
 def kling_fake() -> Iterator[FakeKlingServer]:
-    with FakeKlingServer(task_latency_seconds=0.5, concurrency_limit=3) as server:
+    with fake_kling() as server:
         yield server
 
 
@@ -48,17 +76,33 @@ def env_for(tmp_path: Path, openai: FakeOpenAIServer, kling: FakeKlingServer, **
     }
 
 
+def manifest_of(tmp_path: Path) -> dict[str, Any] | None:
+    path = tmp_path / "storage/results/e2e/manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def run(tmp_path: Path, document: dict[str, Any], env: dict[str, str], *args: str):
-    path = tmp_path / "script.json"
-    path.write_text(json.dumps(document, ensure_ascii=False), "utf-8")
+    path = write_script(tmp_path / "script.json", document)
     done = cli("run", path, *args, env=env, timeout=240)
-    manifest_path = tmp_path / "storage/results/e2e/manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    return done, manifest
+    return done, manifest_of(tmp_path)
 
 
-def kling_tasks(kling: FakeKlingServer) -> int:
-    return len(kling.tasks)
+def local_file(uri: str) -> Path:
+    return Path(uri.removeprefix("file://"))
+
+
+def record_of(scene: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(local_file(scene["image_s3url"]).with_suffix(".json").read_text())
+
+
+def generations(manifest: dict[str, Any]) -> dict[str, str]:
+    return {s["scene_id"]: s["generation"] for s in manifest["scenes"]}
+
+
+def paid(kling: FakeKlingServer, openai: FakeOpenAIServer) -> tuple[int, int, int]:
+    """(KLING tasks accepted, KLING submits, OpenAI chat calls) so far."""
+    submits = kling.requests["POST submit"] + kling.requests["POST multi submit"]
+    return len(kling.tasks), submits, openai.calls["chat"]
 
 
 def test_keys_set_means_real_prompts_and_pictures_and_nothing_paid_twice(
@@ -69,54 +113,66 @@ def test_keys_set_means_real_prompts_and_pictures_and_nothing_paid_twice(
     assert done.returncode == 0, done.stderr[-3000:]
     assert manifest["status"] == "complete" and manifest["offline"] is False
     assert manifest["notice"] is None and "OFFLINE" not in done.stdout
+    portraits = {c["name"]: c for c in manifest["characters"]}
+    assert sorted(portraits) == ["민수", "할머니"]
+    portrait_sha = {
+        name: hashlib.sha256(local_file(c["portrait_s3url"]).read_bytes()).hexdigest()
+        for name, c in portraits.items()
+    }
+    tasks = {t.task_id: t for t in kling_fake.tasks}
     for scene in manifest["scenes"]:
-        assert (scene["provider"], scene["model"], scene["offline"]) == (
-            "kling",
-            "kling-v2-1",
-            False,
-        )
+        who = speaker(scene["scene_id"])
+        # Drawn by KLING's reference model, with the portrait of the one person in it.
+        assert (scene["provider"], scene["model"], scene["offline"]) == ("kling", "kling-v2", False)
+        assert scene["characters"] == [who]
+        assert scene["references"] == [portraits[who]["portrait_s3url"]]
         assert "민수" not in scene["image_prompt"] and "할머니" not in scene["image_prompt"]
-        record = json.loads(
-            Path(scene["image_s3url"].removeprefix("file://")).with_suffix(".json").read_text()
-        )
-        assert record["image"]["task_id"] and record["image"]["external_task_id"]
+        record = record_of(scene)
+        assert record["image"]["external_task_id"]
+        task = tasks[record["image"]["task_id"]]
+        assert task.endpoint == "multi-image2image"
+        assert task.subject_images == [portrait_sha[who]]
         assert (
             record["prompt"]["provider"] == "openai" and record["prompt"]["usage"]["total_tokens"]
         )
-    assert kling_tasks(kling_fake) == SCENES
-    assert kling_fake.max_in_flight <= 3
+    assert len(kling_fake.tasks_of("generations")) == PORTRAITS
+    assert len(kling_fake.tasks_of("multi-image2image")) == SCENES
+    assert set(kling_fake.tasks_per_request().values()) == {1}
     assert openai_fake.calls["chat"] == 1 + SCENES  # one character sheet + one per scene
 
-    # The same script again: nothing is paid for.
-    chat_before = openai_fake.calls["chat"]
+    # The same script again: up to date, no run, nothing paid.
+    before = paid(kling_fake, openai_fake)
     done, again = run(tmp_path, script(), env)
-    assert done.returncode == 0
-    assert kling_tasks(kling_fake) == SCENES and openai_fake.calls["chat"] == chat_before
-    assert [s["generation"] for s in again["scenes"]] == [
-        s["generation"] for s in manifest["scenes"]
-    ]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "up to date" in done.stderr and "no run started" in done.stderr
+    assert "complete" in done.stdout
+    assert paid(kling_fake, openai_fake) == before
+    assert generations(again) == generations(manifest)
 
-    # One scene's text changes: one prompt, one task.
-    changed = script()
+    # One scene changes (its text and mood; the fake's prompts show the mood): exactly one
+    # prompt and one task, for that scene.
+    changed = script({3: "sad"})
     changed["scenes"][2]["audios"][0]["text"] = "장면 3은 비가 온다."
     done, third = run(tmp_path, changed, env)
-    assert done.returncode == 0
-    assert kling_tasks(kling_fake) == SCENES + 1
-    assert openai_fake.calls["chat"] - chat_before <= 2
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert paid(kling_fake, openai_fake) == (before[0] + 1, before[1] + 1, before[2] + 1)
+    assert kling_fake.tasks[-1].endpoint == "multi-image2image"
+    assert "sad" in kling_fake.tasks[-1].prompt
+    assert {k for k, g in generations(third).items() if g != generations(manifest)[k]} == {"3"}
 
-    # An operator forces one scene: exactly one more task.
-    done, _ = run(tmp_path, changed, env, "--scenes", "5", "--force")
-    assert done.returncode == 0
-    assert kling_tasks(kling_fake) == SCENES + 2
+    # An operator forces one scene: exactly one more task; its prompt is known (no chat).
+    done, fourth = run(tmp_path, changed, env, "--scenes", "5", "--force")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert paid(kling_fake, openai_fake) == (before[0] + 2, before[1] + 2, before[2] + 1)
+    assert {k for k, g in generations(fourth).items() if g != generations(third)[k]} == {"5"}
 
 
-def test_every_scene_is_drawn_once_under_injected_faults(tmp_path, openai_fake) -> None:
-    with FakeKlingServer(
-        task_latency_seconds=0.5,
+def test_every_image_is_drawn_once_under_injected_faults(tmp_path, openai_fake) -> None:
+    with fake_kling(
         concurrency_limit=2,  # smaller than KLING_MAX_CONCURRENCY: 1303s happen
         server_error_rate=0.2,
         rate_limit_rate=0.2,
-        failed_task_rate=0.15,
+        failed_task_rate=0.1,
         download_failure_rate=0.2,
         seed=7,
     ) as kling:
@@ -125,9 +181,10 @@ def test_every_scene_is_drawn_once_under_injected_faults(tmp_path, openai_fake) 
         assert done.returncode == 0, done.stderr[-3000:]
         assert manifest["status"] == "complete"
         successful = kling.successful_tasks_per_request()
-        assert len(successful) == SCENES and set(successful.values()) == {1}
-        assert kling.max_in_flight <= 2
+        assert len(successful) == SCENES + PORTRAITS and set(successful.values()) == {1}
+        # The faults really happened (and were absorbed).
         assert sum(n for (_, code), n in kling.answers.items() if code in (1302, 1303)) > 0
+        assert sum(n for (_, code), n in kling.answers.items() if code >= 5000) > 0
 
 
 def test_moderation_fails_only_that_scene_and_the_cli_exits_1(
@@ -139,30 +196,144 @@ def test_moderation_fails_only_that_scene_and_the_cli_exits_1(
     assert manifest["status"] == "partial"
     by_id = {s["scene_id"]: s for s in manifest["scenes"]}
     assert by_id["2"]["status"] == "failed" and "moderation" in by_id["2"]["error"].lower()
+    assert by_id["2"]["refused"] is True
     assert all(s["status"] == "succeeded" for k, s in by_id.items() if k != "2")
     assert "partial" in done.stdout
+    assert kling_fake.answers[(400, 1301)] == 1  # refused once, not submitted again
+
+    # A refused scene is not requested again until its content changes: nothing is due.
+    before = paid(kling_fake, openai_fake)
+    again, _ = run(tmp_path, script({2: "[[moderate-prompt]]"}), env)
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert "up to date" in again.stderr and "no run started" in again.stderr
+    assert paid(kling_fake, openai_fake) == before
+    assert kling_fake.answers[(400, 1301)] == 1
 
 
-def test_hung_tasks_end_the_run_within_a_minute(tmp_path, openai_fake) -> None:
-    with FakeKlingServer(task_latency_seconds=0.5, concurrency_limit=6, hang_all=True) as kling:
+def test_hung_tasks_fail_their_scenes_at_the_deadline_without_resubmitting(
+    tmp_path, openai_fake
+) -> None:
+    with fake_kling(concurrency_limit=SCENES, hang_all=True) as kling:
         env = env_for(
-            tmp_path, openai_fake, kling, KLING_TASK_TIMEOUT_SECONDS="5", KLING_MAX_CONCURRENCY="6"
+            tmp_path,
+            openai_fake,
+            kling,
+            KLING_TASK_TIMEOUT_SECONDS="3",
+            KLING_MAX_CONCURRENCY=str(SCENES),
+            # About the scenes' own tasks: no portraits to wait for.
+            SCENE_PIPELINE_CHARACTER_REFERENCES="off",
         )
-        started = time.monotonic()
         done, manifest = run(tmp_path, script(), env)
-        elapsed = time.monotonic() - started
-    assert elapsed < 60, elapsed
-    assert done.returncode == 1
-    assert manifest["status"] == "failed"
-    assert all("timed out" in s["error"] for s in manifest["scenes"])
+        assert done.returncode == 1, done.stderr[-3000:]
+        assert manifest["status"] == "failed"
+        for scene in manifest["scenes"]:
+            assert scene["status"] == "failed"
+            assert "timed out after 3 s" in scene["error"], scene["error"]
+        # One task per scene, never resubmitted within the run (a timed-out task is looked
+        # at again by the next run before anything new is paid).
+        assert len(kling.tasks) == SCENES
+        assert set(kling.tasks_per_request().values()) == {1}
+        assert all(kling.task_status(t.task_id) != "succeed" for t in kling.tasks)
+
+        # The tasks finish late: the next run collects them without paying again.
+        kling.options.hang_all = False
+        kling.release_hung_tasks()
+        done, manifest = run(tmp_path, script(), env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert manifest["status"] == "complete"
+        assert len(kling.tasks) == SCENES and kling.requests["POST submit"] == SCENES
+        paid_for = {t.task_id for t in kling.tasks}
+        assert {record_of(s)["image"]["task_id"] for s in manifest["scenes"]} == paid_for
 
 
 def test_an_account_error_stops_submitting_and_says_why(tmp_path, openai_fake) -> None:
-    with FakeKlingServer(account_error_code=1102) as kling:
-        done, manifest = run(tmp_path, script(), env_for(tmp_path, openai_fake, kling))
-    assert done.returncode == 1
+    with fake_kling(account_error_code=1102) as kling:
+        env = env_for(
+            tmp_path,
+            openai_fake,
+            kling,
+            # Scenes call KLING themselves (no portraits first).
+            SCENE_PIPELINE_CHARACTER_REFERENCES="off",
+        )
+        done, manifest = run(tmp_path, script(), env)
+    assert done.returncode == 1, done.stderr[-3000:]
     assert manifest["status"] == "failed"
     assert all(s["status"] == "failed" for s in manifest["scenes"])
-    assert any("1102" in s["error"] or "resource pack" in s["error"] for s in manifest["scenes"])
-    # Only the steps already in flight when the first error landed called KLING.
-    assert sum(1 for s in manifest["scenes"] if "not attempted" in s["error"]) >= 1
+    errors = [s["error"] for s in manifest["scenes"]]
+    assert all("1102" in e or "resource pack" in e for e in errors), errors
+    # Only the steps already in flight when the first error landed called KLING, once each
+    # (an account error is not retried); the others did not try.
+    not_attempted = sum("image not attempted" in e for e in errors)
+    assert not_attempted >= 1, errors
+    assert kling.requests["POST submit"] == SCENES - not_attempted
+    assert kling.tasks == []
+
+
+def test_a_run_beside_another_run_of_the_same_script_does_not_pay_twice(
+    tmp_path, openai_fake
+) -> None:
+    """Two `run`s of one script a second apart on a fresh DAGSTER_HOME: one draws, the other
+    exits 3 naming the holder; a third with `--wait` waits and finds the script up to date."""
+    scenes = 8
+    home = tmp_path / "dagster_home"  # does not exist yet: the first CLI creates the instance
+    lease = tmp_path / "storage/pipeline/leases/e2e.json"
+    logs = tmp_path / "logs"
+    with fake_kling(concurrency_limit=5) as kling:
+        env = env_for(
+            tmp_path, openai_fake, kling, DAGSTER_HOME=str(home), KLING_MAX_CONCURRENCY="5"
+        )
+        path = write_script(tmp_path / "script.json", script(scenes=scenes))
+        jobs: dict[str, Background] = {}
+        try:
+            jobs["a"] = start([CLI, "run", str(path)], env, logs, "a")
+            time.sleep(1)
+            jobs["b"] = start([CLI, "run", str(path)], env, logs, "b")
+            wait_until(
+                lambda: lease.exists() or all(j.process.poll() is not None for j in jobs.values()),
+                120,
+                "one of the two runs to take the script's lease",
+            )
+            jobs["waiting"] = start([CLI, "run", str(path), "--wait", "600"], env, logs, "waiting")
+            codes = {name: job.wait(300) for name, job in jobs.items()}
+        finally:
+            for job in jobs.values():
+                if job.process.poll() is None:
+                    job.kill_group()
+        outputs = {
+            name: (job.stdout.read_text("utf-8"), job.stderr.read_text("utf-8"))
+            for name, job in jobs.items()
+        }
+        for name, (out, err) in outputs.items():
+            for bad in ("Traceback", "IntegrityError", "sqlalchemy"):
+                assert bad.lower() not in (out + err).lower(), (name, err[-3000:])
+
+        assert sorted([codes["a"], codes["b"]]) == [0, 3], (codes, outputs)
+        winner, loser = ("a", "b") if codes["a"] == 0 else ("b", "a")
+        assert "complete (8/8 scenes succeeded)" in outputs[winner][0], outputs[winner]
+        with DagsterInstance.from_config(str(home)) as instance:
+            (dagster_run,) = instance.get_runs()  # one run, the winner's
+            assert dagster_run.status == DagsterRunStatus.SUCCESS
+        # The loser: after the configuration banner, one line naming who holds the script.
+        out, err = outputs[loser]
+        lines = [line for line in err.splitlines() if not line.startswith("scene-pipeline ")]
+        assert out == "" and len(lines) == 1, err
+        assert lines[0].startswith("script e2e is busy: "), err
+        assert f"is busy: scene-pipeline pid {jobs[winner].process.pid} on " in lines[0], err
+        # The patient one waited for the winner, then found nothing to draw.
+        out, err = outputs["waiting"]
+        assert codes["waiting"] == 0, err[-3000:]
+        assert "up to date" in err and "no run started" in err
+        assert "complete (8/8 scenes succeeded)" in out
+
+        successful = kling.successful_tasks_per_request()
+        assert len(successful) == scenes + PORTRAITS and set(successful.values()) == {1}
+        assert set(kling.tasks_per_request().values()) == {1}
+
+        # Later, the same unchanged script again: up to date, nothing paid, no run.
+        before = paid(kling, openai_fake)
+        done = cli("run", path, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "up to date" in done.stderr and "no run started" in done.stderr
+        assert paid(kling, openai_fake) == before
+        with DagsterInstance.from_config(str(home)) as instance:
+            assert len(instance.get_runs()) == 1

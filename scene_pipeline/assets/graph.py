@@ -6,10 +6,10 @@ script_document ─► character_sheet ─► character_portraits ─┐
                         └──────────────► scene_prompts ─────┘
 ```
 
-Steps: `plan_script` (sheet and plan) ─► `draw_portrait` × characters to draw ─►
-`collect_portraits` ─► `render_scene` × scenes to render ─► `publish_script`. A scene's
-prompt and picture are one step (its picture starts as soon as its prompt exists), and a run
-of an unchanged script is not started at all (see the CLI and the sensor).
+Steps: `plan_script` (the sheet's missing looks, the missing portraits drawn in parallel, the
+plan) ─► `render_scene` × scenes to render ─► `publish_script`. A scene's prompt and picture
+are one step (its picture starts as soon as its prompt exists), and a run of an unchanged
+script is not started at all (see the CLI and the sensor).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 from dagster import AssetCheckSpec, AssetKey, AssetsDefinition, GraphIn, GraphOut, graph
 
 from scene_pipeline.assets.plan import plan_script
-from scene_pipeline.assets.portraits import collect_portraits, draw_portrait
 from scene_pipeline.assets.publish import CHECKS, publish_script
 from scene_pipeline.assets.render import render_scene
 from scene_pipeline.constants import ASSET_GROUP
@@ -34,8 +33,7 @@ OUTPUTS = ("character_sheet", "character_portraits", "scene_prompts", "scene_ima
     },
 )
 def scenes(script_document):  # type: ignore[no-untyped-def]
-    sheet, planned, portraits_todo, scenes_todo, carried = plan_script(script_document)
-    portraits = collect_portraits(planned, portraits_todo.map(draw_portrait).collect())
+    sheet, portraits, scenes_todo, carried = plan_script(script_document)
     outcomes = scenes_todo.map(lambda plan: render_scene(plan, portraits)).collect()
     prompts, images, manifest, *check_outputs = publish_script(
         script_document, carried, outcomes, portraits

@@ -71,23 +71,6 @@ def _images_md(thumbnails: Sequence[str], alt: str) -> str:
     return " ".join(f"![{alt} {k}]({uri})" for k, uri in enumerate(thumbnails, start=1))
 
 
-def portrait_metadata(bucket: Bucket, script_id: str, portrait: Portrait) -> dict[str, object]:
-    thumbs = (
-        generations.thumbnails(
-            bucket, script_id, ("characters", portrait.character_key), [portrait.image_key]
-        )
-        if portrait.image_key
-        else []
-    )
-    return {
-        "character": portrait.name,
-        "status": portrait.status,
-        "source": portrait.source,
-        "error": portrait.error or "",
-        "preview": MetadataValue.md(_images_md(thumbs, portrait.name) or "(none)"),
-    }
-
-
 def portraits_metadata(
     bucket: Bucket, script_id: str, portraits: Sequence[Portrait]
 ) -> dict[str, object]:

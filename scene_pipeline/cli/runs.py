@@ -165,8 +165,16 @@ def run_script(
         stale = f", {len(plan.scenes.stale)} stale scene(s) kept" if plan.scenes.stale else ""
         note(f"script {script_id}: up to date (nothing to draw{stale}); no run started")
         return _print_result(manifest, request.scene_ids, ok=True)
-    from scene_pipeline.cli.instance import cli_instance, execute_scene_job, report_accepted
+    from scene_pipeline.cli.instance import (
+        cli_instance,
+        execute_scene_job,
+        report_accepted,
+        warm_forkserver,
+    )
 
+    in_process = plan.paid_images <= 1
+    if not in_process:
+        warm_forkserver()
     started = utc_now()
     home = os.environ.get("DAGSTER_HOME")
     with cli_instance(home) as instance:
@@ -177,7 +185,7 @@ def run_script(
             settings,
             script_id,
             request.config(),
-            in_process=plan.paid_images <= 1,
+            in_process=in_process,
             tags={TAG_LEASE: token},
             log_level=request.log_level,
         )

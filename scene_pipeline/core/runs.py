@@ -5,6 +5,7 @@ assets/ wire Dagster's context and resources to these."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,8 +22,9 @@ from scene_pipeline.core.operator import OperatorState, read_state
 from scene_pipeline.core.outcomes import AccountStops, Attempt, Failed, guarded
 from scene_pipeline.core.planning import Providers, Selection, entry_from_record, order_entries
 from scene_pipeline.core.portraits import portrait_from_record
+from scene_pipeline.core.rendering import Tools, draw_portrait
 from scene_pipeline.core.sheets import SheetResult, ensure_sheet
-from scene_pipeline.models import AcceptedScript, Portrait
+from scene_pipeline.models import AcceptedScript, Portrait, PortraitPlan
 from scene_pipeline.providers.base import PromptWriter
 from scene_pipeline.storage import Bucket
 
@@ -102,6 +104,27 @@ def prepare(
         portraits=portraits,
         carried_scenes=carried,
     )
+
+
+def draw_portraits(plans: Sequence[PortraitPlan], tools: Tools, attempt: Attempt) -> list[Portrait]:
+    """Draw the portraits this run needs, in parallel (each holds a slot of the account while
+    its task runs). A failure that the step should retry is raised once every other portrait
+    is done: the retried step finds those stored and does not pay for them again."""
+    if not plans:
+        return []
+    with ThreadPoolExecutor(max_workers=len(plans)) as pool:
+        futures = [pool.submit(draw_portrait, plan, tools, attempt) for plan in plans]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+    return [f.result() for f in futures]
+
+
+def merge_portraits(planned: Sequence[Portrait], drawn: Sequence[Portrait]) -> list[Portrait]:
+    """Every portrait scenes may reference: the ones drawn now replace the pending ones."""
+    by_name = {p.name: p for p in planned}
+    by_name.update({p.name: p for p in drawn})
+    return list(by_name.values())
 
 
 def finish(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -59,7 +60,9 @@ class PoolSlots:
         instance: the DagsterInstance.
         run_id, step_key: who holds the slots (shown in the UI).
         priority: higher first among waiting claims (then oldest first).
-        on_wait: called every few seconds while waiting (lease renewal).
+
+    Several threads of one step may hold slots at once (the plan step draws portraits in
+    parallel): every `hold` claims under keys of its own.
     """
 
     def __init__(
@@ -69,20 +72,19 @@ class PoolSlots:
         step_key: str,
         *,
         priority: int = 0,
-        on_wait: Callable[[], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._storage = instance.event_log_storage
         self._run_id = run_id
         self._step_key = step_key
         self._priority = priority
-        self._on_wait = on_wait
         self._sleep = sleep
 
     @contextmanager
     def hold(self, count: int) -> Iterator[None]:
-        gate = f"{self._step_key}#gate"
-        keys = [f"{self._step_key}#slot{i}" for i in range(1, count + 1)]
+        holder = f"{self._step_key}#{uuid.uuid4().hex[:8]}"
+        gate = f"{holder}#gate"
+        keys = [f"{holder}#slot{i}" for i in range(1, count + 1)]
         try:
             self._claim(CLAIM_GATE_POOL, gate)
             try:
@@ -98,15 +100,11 @@ class PoolSlots:
 
     def _claim(self, pool: str, key: str) -> None:
         waited = 0.0
-        last_call = 0.0
         while True:
             status = self._storage.claim_concurrency_slot(pool, self._run_id, key, self._priority)
             if status.is_claimed:
                 if waited:
-                    logger.info("kling slot claimed after %.1f s", waited)
+                    logger.info("%s slot claimed after %.1f s", pool, waited)
                 return
             self._sleep(POLL_SECONDS)
             waited += POLL_SECONDS
-            if self._on_wait is not None and waited - last_call >= 30:
-                last_call = waited
-                self._on_wait()
