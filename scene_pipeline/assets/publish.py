@@ -74,7 +74,9 @@ def publish_script(
     yield Output(manifest.scenes, "scene_images", metadata=images_metadata(manifest, gallery))
     yield Output(manifest, "manifest", metadata=manifest_metadata(manifest))
     yield from check_results(manifest, prompt_writer.max_prompt_chars, store)
-    if TAG_LEASE not in context.run.tags:  # a CLI run's lease is the CLI's to release
+    # A CLI run's lease is the CLI's to release; a re-execution of one (from the UI) is not
+    # the CLI's any more.
+    if TAG_LEASE not in context.run.tags or context.run.parent_run_id:
         leases.release(store, sid, lease_token(context))
 
 

@@ -83,7 +83,6 @@ def run(
     if unknown:
         raise CommandError(f"{path}: --scenes: no such scene(s): {', '.join(unknown)}")
     check_candidates(settings, candidates)
-    _banner(settings)
     bucket = open_bucket(settings)
     source = SourceRef(
         # Only the file name: the absolute path says nothing the backend could use.
@@ -93,6 +92,7 @@ def run(
     modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
     request = RunRequest(scene_ids, force, refresh_stale, candidates, log_level=log_level)
     with script_lease(bucket, script.script_id, wait) as token:
+        _banner(settings)
         # The file replaces whatever version is stored: the user asked to run this file.
         stored = store_accepted(
             bucket, accepted_script(script, shape, source, modified), keep_newer=False
@@ -139,8 +139,8 @@ def redraw(
             prompt = actions.check_prompt(prompt, settings.prompt_max_chars)
     except actions.ActionError as err:
         raise CommandError(str(err)) from None
-    _banner(settings)
     with script_lease(bucket, script_id, wait) as token:
+        _banner(settings)
         if prompt is not None:
             actions.set_override(
                 bucket,
@@ -214,8 +214,8 @@ def portrait(
         )
         return EXIT_OK
     assert redraw_it
-    _banner(settings)
     with script_lease(bucket, script_id, wait) as token:
+        _banner(settings)
         actions.request_portrait_redraw(bucket, script, name, stamp(operator_name(), note_text))
         request = RunRequest(redraw_portraits=[name], log_level=log_level)
         return run_script(bucket, settings, accepted, request, token=token, report=False)
