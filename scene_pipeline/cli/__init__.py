@@ -10,6 +10,8 @@ others (and a run of an up-to-date script) answer at once.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,6 +145,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as err:
         note(f"storage error: {err}")
         return 1
+
+
+def entry() -> None:
+    """The `scene-pipeline` command: `main`, then a quick exit.
+
+    After a run, tearing down the interpreter (finalising Dagster's and the SDKs' modules)
+    took 1.7 s (measured with bench/throughput.py): everything has been written, flushed and
+    closed by then (the run, the manifest, the lease, the instance), so the command exits at
+    once instead."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

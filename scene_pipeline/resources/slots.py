@@ -31,7 +31,7 @@ CLAIM_GATE_POOL = "kling_claims"
 
 logger = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1
 
 
 def ensure_pool_limit(instance: Any, limit: int) -> int | None:
