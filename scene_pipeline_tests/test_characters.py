@@ -476,14 +476,6 @@ def test_an_uploaded_portrait_is_pinned_and_redraws_exactly_its_scenes(
     assert f"portrait {GRANNY} [uploaded, succeeded] {granny['portrait_s3url']}" in status.stdout
 
 
-@pytest.mark.xfail(
-    reason="BUG: `portrait NAME --redraw` draws a new portrait but no scene: the new drawing"
-    " keeps the content hash of the old one (core/portraits.py plan_portraits: `wanted` is"
-    " portrait_hash(look, style, maker)), and scenes hash their references by that content"
-    " hash (core/planning.py reference_hashes, core/rendering.py image_hash), so their image"
-    " hash does not change",
-    strict=True,
-)
 def test_a_portrait_redraw_draws_a_new_portrait_and_exactly_its_scenes(drawn: Setup) -> None:
     before = manifest_of(drawn.storage)
     ok(cli("portrait", SCRIPT_ID, MINSU, "--redraw", env=drawn.env))
@@ -562,13 +554,6 @@ def test_references_off_draws_from_text_and_switching_makes_scenes_stale(drawn: 
     assert sorted(portrait_folder.rglob("*")) == portraits_before
 
 
-@pytest.mark.xfail(
-    reason="BUG: switching SCENE_PIPELINE_CHARACTER_REFERENCES on for a script drawn with"
-    " references off pays for every appearing character's portrait although every scene is"
-    " stale and kept (core/assessment.py assess plans portraits before and independently of"
-    " the scenes to render; the nightly schedule would request such runs for a whole library)",
-    strict=True,
-)
 def test_switching_references_on_keeps_stale_scenes_without_paying(
     drawn: Setup, tmp_path: Path
 ) -> None:

@@ -401,15 +401,6 @@ class _Stopped(Exception):
     pass
 
 
-@pytest.mark.xfail(
-    reason="BUG: the kling pool's claims are not atomic, so runs can hang for ever"
-    " (resources/slots.py PoolSlots): Dagster's pending queue is check-then-act"
-    " (has_unassigned_slots, then add_pending_step; on SQLite two processes can also take the"
-    " same slot row), so a claim registered while another step frees its slot is never"
-    " assigned (this test), and the claim gate `kling_claims` can admit two steps at once,"
-    " each then holding part of the n slots of its candidates and waiting for the rest",
-    strict=True,
-)
 def test_a_slot_claim_is_granted_when_the_slot_it_waits_for_is_freed(tmp_path: Path) -> None:
     """Two steps of the account's pool (limit 1): the first frees its slot at the moment the
     second registers its claim (as two step processes do), and the second must then get it."""

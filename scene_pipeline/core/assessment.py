@@ -130,7 +130,28 @@ def assess(
         run_id=run_id,
         now=now,
     )
-    return Assessment(portraits=portraits, scenes=scenes)
+    return Assessment(portraits=needed_portraits(portraits, scenes), scenes=scenes)
+
+
+def needed_portraits(portraits: PortraitPlanning, scenes: ScenePlanning) -> PortraitPlanning:
+    """Draw only the portraits that a scene of this run will use (its known references, or
+    every character it involves when its prompt is still to be written), and those an
+    operator asked to redraw: switching references on, or a new image model, must not pay
+    for the portraits of a whole library whose scenes stay as they are (stale)."""
+    needed: set[str] = set()
+    for plan in scenes.to_render:
+        if plan.prompt is None:
+            needed.update(c.name for c in plan.characters)
+        else:
+            needed.update(plan.prompt.characters_present)
+    to_draw = [p for p in portraits.to_draw if p.name in needed or p.forced]
+    dropped = {p.name for p in portraits.to_draw} - {p.name for p in to_draw}
+    return PortraitPlanning(
+        current={n: p for n, p in portraits.current.items() if n not in dropped},
+        to_draw=to_draw,
+        records_to_read=portraits.records_to_read,
+        stale=portraits.stale,
+    )
 
 
 def run_due(

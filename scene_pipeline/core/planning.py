@@ -19,7 +19,7 @@ failed or pending scenes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -52,6 +52,11 @@ class Providers:
     references_on: bool
     max_references: int
     prompt_cap: int
+
+    @property
+    def limit(self) -> int:
+        """How many references a scene's request carries (0: none)."""
+        return self.max_references if self.references_on else 0
 
     @property
     def config_hash(self) -> str:
@@ -107,13 +112,16 @@ def entry_from_record(record: GenerationRecord, offline: bool) -> SceneEntry:
     )
 
 
-def reference_hashes(
-    present: list[str], portraits: Mapping[str, Portrait], providers: Providers
-) -> list[str]:
-    if not providers.references_on:
-        return []
-    names = [n for n in present if n in portraits][: providers.max_references]
-    return [portraits[n].content_hash for n in names]
+def reference_names(present: list[str], portraits: Mapping[str, Portrait], limit: int) -> list[str]:
+    """The characters whose portraits go with a scene's request, most prominent first, at
+    most `limit` (0: references are off)."""
+    return [n for n in present if n in portraits][:limit]
+
+
+def portrait_ids(portraits: Iterable[Portrait]) -> list[str]:
+    """What a picture's hash records of its references: the drawing (generation) of each, so
+    that a portrait drawn anew (an operator's redraw or upload) redraws the scenes it is in."""
+    return [p.generation or p.content_hash for p in portraits]
 
 
 def known_prompt(
@@ -198,7 +206,10 @@ def _inputs(
         i_hash = image_hash(
             prompt.image_prompt,
             prompt.negative_prompt,
-            reference_hashes(prompt.characters_present, portraits, providers),
+            portrait_ids(
+                portraits[n]
+                for n in reference_names(prompt.characters_present, portraits, providers.limit)
+            ),
             providers.maker,
             script.options.aspect_ratio,
         )

@@ -22,7 +22,7 @@ from scene_pipeline.core import generations
 from scene_pipeline.core.hashing import image_hash, look_hash
 from scene_pipeline.core.naming import external_task_id, generation_name
 from scene_pipeline.core.outcomes import AccountStops, Attempt, Failed, guarded
-from scene_pipeline.core.planning import entry_from_record
+from scene_pipeline.core.planning import entry_from_record, portrait_ids, reference_names
 from scene_pipeline.core.portraits import (
     PORTRAIT_ASPECT_RATIO,
     PORTRAIT_NEGATIVE_PROMPT,
@@ -97,7 +97,7 @@ def render_scene(
     i_hash = image_hash(
         prompt.image_prompt,
         prompt.negative_prompt,
-        [p.content_hash for p in references],
+        portrait_ids(references),
         tools.maker.identity,
         plan.aspect_ratio,
     )
@@ -179,9 +179,8 @@ def write_prompt(plan: ScenePlan, tools: Tools) -> tuple[PromptChoice, str]:
 def _references(
     plan: ScenePlan, prompt: PromptChoice, portraits: Mapping[str, Portrait], limit: int
 ) -> list[Portrait]:
-    if not plan.references_on:
-        return []
-    return [portraits[n] for n in prompt.characters_present if n in portraits][:limit]
+    limit = limit if plan.references_on else 0
+    return [portraits[n] for n in reference_names(prompt.characters_present, portraits, limit)]
 
 
 def _draw_scene(

@@ -99,12 +99,29 @@ class PoolSlots:
                 self._storage.free_concurrency_slot_for_step(self._run_id, key)
 
     def _claim(self, pool: str, key: str) -> None:
+        """Claim one slot of `pool` for `key`, waiting in the pool's queue.
+
+        Two gaps of the SQL storage's claim are closed here: on SQLite two processes can
+        write the same free slot row (there are no row locks), so a claim is confirmed by
+        reading the pool back; and a slot freed while a claim is being queued is handed to
+        nobody, so a waiting claim hands free slots to the queue itself."""
         waited = 0.0
         while True:
             status = self._storage.claim_concurrency_slot(pool, self._run_id, key, self._priority)
             if status.is_claimed:
-                if waited:
-                    logger.info("%s slot claimed after %.1f s", pool, waited)
-                return
+                if self._holds(pool, key):
+                    if waited:
+                        logger.info("%s slot claimed after %.1f s", pool, waited)
+                    return
+                # Another claimer took the same row: leave the queue and join it again.
+                self._storage.free_concurrency_slot_for_step(self._run_id, key)
+                continue
+            if not status.is_assigned and self._storage.has_unassigned_slots(pool):
+                self._storage.assign_pending_steps([pool])
+                continue
             self._sleep(POLL_SECONDS)
             waited += POLL_SECONDS
+
+    def _holds(self, pool: str, key: str) -> bool:
+        info = self._storage.get_concurrency_info(pool)
+        return any(s.run_id == self._run_id and s.step_key == key for s in info.claimed_slots)
