@@ -79,9 +79,13 @@ def build_nightly_schedule(settings: Settings, job: Any) -> ScheduleDefinition:
         requests = plan_night(needs, settings.nightly_max_runs, settings.nightly_max_images)
         if not requests:
             due = sum(1 for n in needs if n.images and not n.unreadable)
+            if not due:
+                return SkipReason(
+                    f"none of {len(needs)} script(s) has anything to draw ({len(busy)} more busy)"
+                )
             return SkipReason(
-                f"{len(scripts)} script(s): {due} with something to draw (none within tonight's"
-                f" budget), {len(busy)} busy"
+                f"{due} script(s) have something to draw, none within tonight's budget of"
+                f" {settings.nightly_max_images} image(s) ({len(busy)} more busy)"
             )
         when = (context.scheduled_execution_time or utc_now()).astimezone(ZoneInfo(timezone))
         return [run_request(r, when.strftime("%Y-%m-%d")) for r in requests]

@@ -266,7 +266,7 @@ def test_draws_png_and_fills_provenance(
     prov = image.provenance
     assert (prov.provider, prov.model, prov.offline) == ("kling", "kling-v2-1", False)
     assert (prov.task_id, prov.external_task_id, prov.attempts) == (task.task_id, "sp-test-1", 1)
-    assert (prov.width, prov.height) == (27, 48)  # 9:16 as asked
+    assert (prov.width, prov.height) == (360, 640)  # 9:16 as asked, the fake's 640 px
     assert prov.final_unit_deduction == "1"
     assert prov.submitted_at and prov.finished_at and prov.finished_at >= prov.submitted_at
     assert prov.duration_seconds is not None and prov.duration_seconds >= 0

@@ -324,11 +324,11 @@ def test_scripts_stale_only_because_the_providers_changed_wait_unless_opted_in(
             instance,
             bucket,
             script_id,
-            image_maker=OfflineImageMakerResource(long_side=128, references=references),
+            image_maker=OfflineImageMakerResource(long_side=480, references=references),
         )
     assert not evaluate(instance, env).run_requests
 
-    new_model = NewModelImageMakerResource(long_side=128, references=references)
+    new_model = NewModelImageMakerResource(long_side=480, references=references)
     stale = evaluate(instance, env, image_maker=new_model)
     assert not stale.run_requests, [r.tags[REASON] for r in stale.run_requests]
 
