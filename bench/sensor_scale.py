@@ -166,7 +166,7 @@ class Sensor:
         """(seconds, run requests) of one tick; the cursor moves on."""
         from dagster import SensorResult, build_sensor_context
 
-        from scene_pipeline.resources import build_resources
+        from scene_pipeline.wiring import build_resources
 
         started = time.perf_counter()
         with build_sensor_context(

@@ -11,10 +11,10 @@ from dagster import Definitions, multi_or_in_process_executor
 
 from scene_pipeline.assets import all_assets
 from scene_pipeline.jobs import build_scene_job
-from scene_pipeline.resources import build_resources
 from scene_pipeline.schedules import build_nightly_schedule
 from scene_pipeline.sensors import build_script_inbox_sensor
 from scene_pipeline.settings import Settings
+from scene_pipeline.wiring import build_resources
 
 settings = Settings.from_env(os.environ)
 settings.announce()

@@ -5,7 +5,7 @@ step processes to start)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from dagster import AssetSelection, define_asset_job
 
@@ -22,17 +22,19 @@ def max_steps(kling_limit: int) -> int:
     return 2 * kling_limit
 
 
-def multiprocess_config(kling_limit: int) -> dict[str, Any]:
-    return {
-        "multiprocess": {
-            "max_concurrent": max_steps(kling_limit),
-            # Forkserver with preloaded modules keeps each step's start-up cost low.
-            "start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}},
-        }
-    }
+# in_process: one process for every step; forkserver: the default; spawn: where no forkserver
+# can start (its socket path, under TMPDIR, must fit the 107 bytes of an AF_UNIX address).
+Executor = Literal["in_process", "forkserver", "spawn"]
 
 
-IN_PROCESS_CONFIG: dict[str, Any] = {"in_process": {}}
+def executor_config(executor: Executor, kling_limit: int) -> dict[str, Any]:
+    if executor == "in_process":
+        return {"in_process": {}}
+    # Forkserver with preloaded modules keeps each step's start-up cost low.
+    start: dict[str, Any] = {"spawn": {}}
+    if executor == "forkserver":
+        start = {"forkserver": {"preload_modules": PRELOAD_MODULES}}
+    return {"multiprocess": {"max_concurrent": max_steps(kling_limit), "start_method": start}}
 
 
 def build_scene_job(kling_limit: int) -> Any:
@@ -41,5 +43,5 @@ def build_scene_job(kling_limit: int) -> Any:
         selection=AssetSelection.groups(ASSET_GROUP),
         description="Materialize one script: character sheet, portraits, one prompt and one"
         " picture per scene that needs work, manifest. Options: the plan_script config.",
-        config={"execution": {"config": multiprocess_config(kling_limit)}},
+        config={"execution": {"config": executor_config("forkserver", kling_limit)}},
     )

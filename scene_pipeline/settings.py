@@ -33,9 +33,9 @@ from scene_pipeline.constants import KLING_PROMPT_LIMIT
 logger = logging.getLogger("scene_pipeline")
 
 ImageProvider = Literal["kling", "openai-images", "offline"]
-KLING_MODELS = ("kling-v1", "kling-v1-5", "kling-v2", "kling-v2-new", "kling-v2-1")
+KlingModel = Literal["kling-v1", "kling-v1-5", "kling-v2", "kling-v2-new", "kling-v2-1"]
 # Models that KLING's multi-image2image endpoint accepts (../shared/reference/kling-api.md).
-KLING_REFERENCE_MODELS = ("kling-v2", "kling-v2-1")
+KlingReferenceModel = Literal["kling-v2", "kling-v2-1"]
 # Prefixes the pipeline writes itself: the inbox may not overlap them.
 RESERVED_PREFIXES = ("results/", "pipeline/", "scripts/rejected/")
 
@@ -49,6 +49,11 @@ def _env(name: str, *more: str) -> Any:
     return Field(default=None, validation_alias=AliasChoices(name, *more) if more else name)
 
 
+def _set(name: str, default: Any, **bounds: Any) -> Any:
+    """A setting read from the variable `name`, `default` when unset, within `bounds`."""
+    return Field(default=default, validation_alias=name, **bounds)
+
+
 class Settings(BaseModel):
     """The pipeline's configuration. Field aliases are the environment variable names."""
 
@@ -58,87 +63,44 @@ class Settings(BaseModel):
     s3_bucket_name: str | None = _env("S3_BUCKET_NAME")
     aws_region: str | None = _env("AWS_REGION", "AWS_DEFAULT_REGION")
     aws_endpoint_url: str | None = _env("AWS_ENDPOINT_URL")
-    local_dir: str = Field(
-        default="./.scene_pipeline/storage", validation_alias="SCENE_PIPELINE_LOCAL_DIR"
-    )
+    local_dir: str = _set("SCENE_PIPELINE_LOCAL_DIR", "./.scene_pipeline/storage")
 
     # -- prompt writer ----------------------------------------------------------------------
     openai_api_key: SecretStr | None = _env("OPENAI_API_KEY")
     openai_base_url: str | None = _env("OPENAI_BASE_URL")
-    openai_model: str = Field(default="gpt-4.1-mini", validation_alias="OPENAI_MODEL")
-    prompt_max_chars: int = Field(
-        default=1500,
-        ge=100,
-        le=KLING_PROMPT_LIMIT,
-        validation_alias="SCENE_PIPELINE_PROMPT_MAX_CHARS",
+    openai_model: str = _set("OPENAI_MODEL", "gpt-4.1-mini")
+    prompt_max_chars: int = _set(
+        "SCENE_PIPELINE_PROMPT_MAX_CHARS", 1500, ge=100, le=KLING_PROMPT_LIMIT
     )
 
     # -- image maker ------------------------------------------------------------------------
     image_provider: ImageProvider | None = _env("SCENE_PIPELINE_IMAGE_PROVIDER")
     kling_access_key: SecretStr | None = _env("KLING_ACCESS_KEY")
     kling_secret_key: SecretStr | None = _env("KLING_SECRET_KEY")
-    kling_api_base_url: str = Field(
-        default="https://api-singapore.klingai.com", validation_alias="KLING_API_BASE_URL"
-    )
-    kling_model: str = Field(default="kling-v2-1", validation_alias="KLING_MODEL")
-    kling_reference_model: str = Field(default="kling-v2", validation_alias="KLING_REFERENCE_MODEL")
-    kling_max_concurrency: int = Field(
-        default=5, ge=1, le=100, validation_alias="KLING_MAX_CONCURRENCY"
-    )
-    kling_task_timeout_seconds: float = Field(
-        default=600.0, gt=0, le=3600, validation_alias="KLING_TASK_TIMEOUT_SECONDS"
-    )
-    kling_poll_interval_seconds: float = Field(
-        default=2.0, gt=0, le=60, validation_alias="KLING_POLL_INTERVAL_SECONDS"
-    )
+    kling_api_base_url: str = _set("KLING_API_BASE_URL", "https://api-singapore.klingai.com")
+    kling_model: KlingModel = _set("KLING_MODEL", "kling-v2-1")
+    kling_reference_model: KlingReferenceModel = _set("KLING_REFERENCE_MODEL", "kling-v2")
+    kling_max_concurrency: int = _set("KLING_MAX_CONCURRENCY", 5, ge=1, le=100)
+    kling_task_timeout_seconds: float = _set("KLING_TASK_TIMEOUT_SECONDS", 600.0, gt=0, le=3600)
+    kling_poll_interval_seconds: float = _set("KLING_POLL_INTERVAL_SECONDS", 2.0, gt=0, le=60)
     openai_images_api_key: SecretStr | None = _env("OPENAI_IMAGES_API_KEY")
     openai_images_base_url: str | None = _env("OPENAI_IMAGES_BASE_URL")
-    openai_images_model: str = Field(default="gpt-image-1", validation_alias="OPENAI_IMAGES_MODEL")
-    character_references: bool = Field(
-        default=True, validation_alias="SCENE_PIPELINE_CHARACTER_REFERENCES"
-    )
-    candidates: int = Field(default=1, ge=1, le=4, validation_alias="SCENE_PIPELINE_CANDIDATES")
+    openai_images_model: str = _set("OPENAI_IMAGES_MODEL", "gpt-image-1")
+    character_references: bool = _set("SCENE_PIPELINE_CHARACTER_REFERENCES", True)
+    candidates: int = _set("SCENE_PIPELINE_CANDIDATES", 1, ge=1, le=4)
 
     # -- operations -------------------------------------------------------------------------
-    inbox_prefix: str = Field(
-        default="scripts/incoming/", validation_alias="SCENE_PIPELINE_INBOX_PREFIX"
-    )
-    inbox_max_per_tick: int = Field(
-        default=500, ge=1, le=10_000, validation_alias="SCENE_PIPELINE_INBOX_MAX_PER_TICK"
-    )
-    inbox_interval_seconds: int = Field(
-        default=30, ge=1, le=86_400, validation_alias="SCENE_PIPELINE_INBOX_INTERVAL_SECONDS"
-    )
-    inbox_tick_seconds: float = Field(
-        default=20.0, gt=0, le=50, validation_alias="SCENE_PIPELINE_INBOX_TICK_SECONDS"
-    )
-    nightly_cron: str = Field(default="0 3 * * *", validation_alias="SCENE_PIPELINE_NIGHTLY_CRON")
-    nightly_timezone: str = Field(
-        default="Asia/Seoul", validation_alias="SCENE_PIPELINE_NIGHTLY_TIMEZONE"
-    )
-    nightly_max_runs: int = Field(
-        default=50, ge=1, le=10_000, validation_alias="SCENE_PIPELINE_NIGHTLY_MAX_RUNS"
-    )
-    nightly_max_images: int = Field(
-        default=200, ge=0, le=100_000, validation_alias="SCENE_PIPELINE_NIGHTLY_MAX_IMAGES"
-    )
-    redraw_stale: bool = Field(default=False, validation_alias="SCENE_PIPELINE_REDRAW_STALE")
+    inbox_prefix: str = _set("SCENE_PIPELINE_INBOX_PREFIX", "scripts/incoming/")
+    inbox_max_per_tick: int = _set("SCENE_PIPELINE_INBOX_MAX_PER_TICK", 500, ge=1, le=10_000)
+    inbox_interval_seconds: int = _set("SCENE_PIPELINE_INBOX_INTERVAL_SECONDS", 30, ge=1, le=86_400)
+    inbox_tick_seconds: float = _set("SCENE_PIPELINE_INBOX_TICK_SECONDS", 20.0, gt=0, le=50)
+    nightly_cron: str = _set("SCENE_PIPELINE_NIGHTLY_CRON", "0 3 * * *")
+    nightly_timezone: str = _set("SCENE_PIPELINE_NIGHTLY_TIMEZONE", "Asia/Seoul")
+    nightly_max_runs: int = _set("SCENE_PIPELINE_NIGHTLY_MAX_RUNS", 50, ge=1, le=10_000)
+    nightly_max_images: int = _set("SCENE_PIPELINE_NIGHTLY_MAX_IMAGES", 200, ge=0, le=100_000)
+    redraw_stale: bool = _set("SCENE_PIPELINE_REDRAW_STALE", False)
 
     # -- validation -------------------------------------------------------------------------
-
-    @field_validator("kling_model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value not in KLING_MODELS:
-            raise ValueError(f"must be one of {', '.join(KLING_MODELS)}")
-        return value
-
-    @field_validator("kling_reference_model")
-    @classmethod
-    def _known_reference_model(cls, value: str) -> str:
-        if value not in KLING_REFERENCE_MODELS:
-            raise ValueError(f"must be one of {', '.join(KLING_REFERENCE_MODELS)}")
-        return value
 
     @field_validator("inbox_prefix")
     @classmethod

@@ -16,7 +16,6 @@ from dagster._core.remote_representation.external_data import (
 )
 
 from scene_pipeline.assets import all_assets
-from scene_pipeline.resources import build_resources
 from scene_pipeline.resources.bucket import LocalBucketResource
 from scene_pipeline.resources.providers import (
     KlingImageMakerResource,
@@ -28,6 +27,7 @@ from scene_pipeline.resources.providers import (
 from scene_pipeline.resources.s3_bucket import S3BucketResource
 from scene_pipeline.resources.slots import ensure_pool_limit
 from scene_pipeline.settings import Settings
+from scene_pipeline.wiring import build_resources
 
 from .conftest import REPO
 

@@ -613,8 +613,11 @@ def test_helm_values_carry_the_instance_over_to_kubernetes() -> None:
     daemon = values["dagsterDaemon"]
     assert daemon["runCoordinator"]["enabled"] is True
     assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
-    # Run limits only under concurrency.runs (the chart fails on both).
-    assert not daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
+    # Run limits only under concurrency.runs (the chart fails on both); the queue is read
+    # every second, as the instance's dagster.yaml does.
+    assert daemon["runCoordinator"]["config"]["queuedRunCoordinator"] == {
+        "dequeueIntervalSeconds": 1
+    }
     assert set(daemon["runMonitoring"]) <= HELM_RUN_MONITORING
     assert daemon["runMonitoring"]["enabled"] is True
     assert daemon["runRetries"] == {

@@ -31,11 +31,11 @@ from scene_pipeline.providers.base import (
     TaskJournal,
 )
 from scene_pipeline.providers.errors import SceneRejectedError
-from scene_pipeline.resources import build_resources
 from scene_pipeline.resources.bucket import BucketResource
 from scene_pipeline.resources.providers import ImageMakerResource, OfflineImageMakerResource
 from scene_pipeline.schedules import build_nightly_schedule
 from scene_pipeline.settings import ConfigurationError, Settings
+from scene_pipeline.wiring import build_resources
 
 from .pipeline_helpers import accept, example, run_script
 

@@ -44,14 +44,15 @@ from scene_pipeline.core.inbox import evaluate_inbox, run_key_for
 from scene_pipeline.core.inbox_state import InboxCursor, SeenSet, seen_digest
 from scene_pipeline.core.intake import read_accepted
 from scene_pipeline.jobs import build_scene_job
-from scene_pipeline.resources import build_resources
 from scene_pipeline.resources.bucket import BucketResource, LocalBucketResource
 from scene_pipeline.resources.s3_bucket import S3BucketResource
 from scene_pipeline.sensors import build_script_inbox_sensor
 from scene_pipeline.settings import ConfigurationError, Settings
 from scene_pipeline.storage import Bucket, ObjectStore, layout
+from scene_pipeline.storage.base import OCTET
 from scene_pipeline.storage.local import LocalObjectStore
 from scene_pipeline.storage.s3 import S3ObjectStore
+from scene_pipeline.wiring import build_resources
 
 from .pipeline_helpers import run_script
 
@@ -128,18 +129,8 @@ class RecordingStore:
             self.gets[key] += 1
         return self.inner.get(key)
 
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        content_type: str = "application/octet-stream",
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-    ) -> str:
-        return self.inner.put(
-            key, data, content_type, if_match=if_match, if_none_match=if_none_match
-        )
+    def put(self, key: str, data: bytes, content_type: str = OCTET, when: Any = None) -> str:
+        return self.inner.put(key, data, content_type, when)
 
     def list(self, prefix: str) -> Iterator[Any]:
         return self.inner.list(prefix)

@@ -42,12 +42,12 @@ from dagster import AssetKey, DagsterInstance, Definitions, build_schedule_conte
 from scene_pipeline.assets import all_assets
 from scene_pipeline.constants import KLING_POOL, SCRIPT_PARTITIONS_NAME
 from scene_pipeline.jobs import build_scene_job
-from scene_pipeline.resources import build_resources
 from scene_pipeline.resources.bucket import LocalBucketResource
 from scene_pipeline.resources.providers import OfflineImageMakerResource
 from scene_pipeline.resources.slots import PoolSlots, ensure_pool_limit
 from scene_pipeline.schedules import build_nightly_schedule
 from scene_pipeline.settings import Settings
+from scene_pipeline.wiring import build_resources
 
 from .conftest import PIPELINE_ENV
 from .fakes.kling import FakeKlingServer, FakeTask

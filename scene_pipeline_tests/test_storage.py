@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from scene_pipeline.storage import (
     Bucket,
+    Condition,
     ObjectNotFound,
     ObjectStore,
     PreconditionFailed,
@@ -81,10 +82,10 @@ def test_a_same_size_rewrite_within_one_clock_tick_still_changes_the_etag(
     store = LocalObjectStore(tmp_path / "bucket")
     first = store.put(KEY, b'{"n": 10}')
     stamp = os.stat(tmp_path / "bucket" / KEY).st_mtime_ns
-    store.put(KEY, b'{"n": 11}', if_match=first)  # another writer's change
+    store.put(KEY, b'{"n": 11}', when=Condition(etag=first))  # another writer's change
     os.utime(tmp_path / "bucket" / KEY, ns=(stamp, stamp))  # ... within the same tick
     with pytest.raises(PreconditionFailed):
-        store.put(KEY, b'{"n": 11}', if_match=first)  # a stale writer must lose
+        store.put(KEY, b'{"n": 11}', when=Condition(etag=first))  # a stale writer must lose
 
 
 def test_missing_objects(store: ObjectStore) -> None:
@@ -138,9 +139,9 @@ def test_uri_names_the_backend(store: ObjectStore, tmp_path: Path) -> None:
 
 
 def test_create_only_refuses_an_existing_key(store: ObjectStore) -> None:
-    etag = store.put(KEY, b"first", if_none_match=True)
+    etag = store.put(KEY, b"first", when=Condition(absent=True))
     with pytest.raises(PreconditionFailed):
-        store.put(KEY, b"second", if_none_match=True)
+        store.put(KEY, b"second", when=Condition(absent=True))
     assert store.get(KEY) == (b"first", etag)
 
 
@@ -148,13 +149,13 @@ def test_if_match_refuses_a_changed_object_and_accepts_the_current_one(
     store: ObjectStore,
 ) -> None:
     read_by_a = store.put(KEY, b'{"by": "nobody"}')
-    by_b = store.put(KEY, b'{"by": "b"}', if_match=read_by_a)
+    by_b = store.put(KEY, b'{"by": "b"}', when=Condition(etag=read_by_a))
     with pytest.raises(PreconditionFailed):
-        store.put(KEY, b'{"by": "a"}', if_match=read_by_a)
+        store.put(KEY, b'{"by": "a"}', when=Condition(etag=read_by_a))
     assert store.get(KEY) == (b'{"by": "b"}', by_b)
     # Replacing what is not there is refused too: it was deleted since it was read.
     with pytest.raises(PreconditionFailed):
-        store.put("results/1/other.json", b"{}", if_match=by_b)
+        store.put("results/1/other.json", b"{}", when=Condition(etag=by_b))
     with pytest.raises(ObjectNotFound):
         store.get("results/1/other.json")
 
@@ -188,8 +189,7 @@ def test_concurrent_read_modify_write_loses_nothing(store: ObjectStore) -> None:
                         store.put(
                             KEY,
                             changed.model_dump_json().encode(),
-                            if_match=etag,
-                            if_none_match=etag is None,
+                            when=Condition.matching(etag),
                         )
                         break
                     except PreconditionFailed:
@@ -286,7 +286,7 @@ def test_the_local_folder_never_leaves_its_root(tmp_path: Path, key: str) -> Non
 
 def test_the_local_folder_hides_unfinished_writes_and_its_lock(tmp_path: Path) -> None:
     store = LocalObjectStore(tmp_path / "bucket")
-    store.put(KEY, b"{}", if_none_match=True)  # a conditional write creates the lock file
+    store.put(KEY, b"{}", when=Condition(absent=True))  # a conditional write creates the lock file
     (tmp_path / "bucket" / "results" / "1" / ".tmp-abandoned").write_bytes(b"half")
     assert [i.key for i in store.list("")] == [KEY]
 

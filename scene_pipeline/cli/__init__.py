@@ -109,36 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    if args.command == "validate":
-        return commands.validate(args.files)
-    if args.command == "schema":
-        return commands.schema()
-    if args.command == "run":
-        return commands.run(
-            args.file, args.scenes, args.force, args.refresh_stale, args.candidates,
-            args.wait, args.log_level,
-        )  # fmt: skip
-    if args.command == "submit":
-        return commands.submit(args.file, args.name)
-    if args.command == "status":
-        return commands.status(args.script_id)
-    if args.command == "redraw":
-        return commands.redraw(
-            args.script_id, args.scene, args.prompt, args.prompt_file, args.clear_prompt,
-            args.candidates, args.note, args.wait, args.log_level,
-        )  # fmt: skip
-    if args.command == "pick":
-        return commands.pick(args.script_id, args.scene_id, args.k, args.note)
-    return commands.portrait(
-        args.script_id, args.name, args.image, args.redraw, args.note, args.wait, args.log_level
-    )
+COMMANDS = {
+    "validate": commands.validate,
+    "schema": commands.schema,
+    "run": commands.run,
+    "submit": commands.submit,
+    "status": commands.status,
+    "redraw": commands.redraw,
+    "pick": commands.pick,
+    "portrait": commands.portrait,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return dispatch(args)
+        return COMMANDS[args.command](args)
     except CommandError as err:
         note(str(err))
         return err.code

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from argparse import Namespace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from scene_pipeline.cli.common import (
 from scene_pipeline.cli.runs import RunRequest, check_candidates, run_script, script_lease
 from scene_pipeline.cli.summary import summary_lines
 from scene_pipeline.contract.outputs import SourceRef
-from scene_pipeline.contract.script import Script, ScriptRejected, script_json_schema
+from scene_pipeline.contract.script import Script, ScriptRejected, ScriptShape, script_json_schema
 from scene_pipeline.core import actions
 from scene_pipeline.core.intake import accepted_script, read_accepted, store_accepted
 from scene_pipeline.core.operator import read_state, stamp
+from scene_pipeline.core.portraits import check_upload
 from scene_pipeline.models import AcceptedScript
 from scene_pipeline.settings import Settings
 from scene_pipeline.storage import Bucket, StorageError, layout
@@ -37,9 +39,9 @@ from scene_pipeline.storage.factory import open_bucket
 LOCAL_SOURCE_PREFIX = "local-file:"
 
 
-def validate(files: list[Path]) -> int:
+def validate(args: Namespace) -> int:
     status = EXIT_OK
-    for path in files:
+    for path in args.files:
         try:
             script, shape, _ = read_script_file(path)
         except ScriptRejected as err:
@@ -54,9 +56,17 @@ def validate(files: list[Path]) -> int:
     return status
 
 
-def schema() -> int:
+def schema(args: Namespace) -> int:
+    del args
     say(json.dumps(script_json_schema(), indent=2, ensure_ascii=False))
     return EXIT_OK
+
+
+def _read(path: Path) -> tuple[Script, ScriptShape, bytes]:
+    try:
+        return read_script_file(path)
+    except ScriptRejected as err:
+        raise CommandError("\n".join(rejection_lines(path, err))) from None
 
 
 def _banner(settings: Settings) -> None:
@@ -64,25 +74,15 @@ def _banner(settings: Settings) -> None:
         note(f"scene-pipeline {line}")
 
 
-def run(
-    path: Path,
-    scenes: str,
-    force: bool,
-    refresh_stale: bool,
-    candidates: int | None,
-    wait: float,
-    log_level: str,
-) -> int:
+def run(args: Namespace) -> int:
     settings = load_settings()
-    try:
-        script, shape, data = read_script_file(path)
-    except ScriptRejected as err:
-        raise CommandError("\n".join(rejection_lines(path, err))) from None
-    scene_ids = parse_scene_ids(scenes)
+    path: Path = args.file
+    script, shape, data = _read(path)
+    scene_ids = parse_scene_ids(args.scenes)
     unknown = sorted(set(scene_ids) - {s.scene_id for s in script.scenes})
     if unknown:
         raise CommandError(f"{path}: --scenes: no such scene(s): {', '.join(unknown)}")
-    check_candidates(settings, candidates)
+    check_candidates(settings, args.candidates)
     bucket = open_bucket(settings)
     source = SourceRef(
         # Only the file name: the absolute path says nothing the backend could use.
@@ -90,8 +90,10 @@ def run(
         etag=f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"',
     )
     modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-    request = RunRequest(scene_ids, force, refresh_stale, candidates, log_level=log_level)
-    with script_lease(bucket, script.script_id, wait) as token:
+    request = RunRequest(
+        scene_ids, args.force, args.refresh_stale, args.candidates, log_level=args.log_level
+    )
+    with script_lease(bucket, script.script_id, args.wait) as token:
         _banner(settings)
         # The file replaces whatever version is stored: the user asked to run this file.
         stored = store_accepted(
@@ -102,122 +104,98 @@ def run(
         )
 
 
-def _accepted(bucket: Bucket, script_id: str) -> AcceptedScript:
+def _script(settings: Settings, script_id: str) -> tuple[Bucket, AcceptedScript]:
+    """The bucket and the accepted copy of a script a command works on (CommandError when
+    the id is not valid or no such script was accepted)."""
     try:
         layout.script_segment(script_id)
     except layout.UnsafeKeyError as err:
         raise CommandError(str(err)) from None
+    bucket = open_bucket(settings)
     accepted = read_accepted(bucket, script_id)
     if accepted is None:
         raise CommandError(
             f"unknown script {script_id}: submit it (`scene-pipeline submit`) or run it first"
         )
-    return accepted
+    return bucket, accepted
 
 
-def redraw(
-    script_id: str,
-    scene: str,
-    prompt: str | None,
-    prompt_file: Path | None,
-    clear: bool,
-    candidates: int | None,
-    note_text: str,
-    wait: float,
-    log_level: str,
-) -> int:
+def redraw(args: Namespace) -> int:
     settings = load_settings()
-    if prompt_file is not None:
-        prompt = read_text_file(prompt_file, "--prompt-file")
-    check_candidates(settings, candidates)
-    bucket = open_bucket(settings)
-    accepted = _accepted(bucket, script_id)
-    script = accepted.script
+    prompt: str | None = args.prompt
+    if args.prompt_file is not None:
+        prompt = read_text_file(args.prompt_file, "--prompt-file")
+    check_candidates(settings, args.candidates)
+    bucket, accepted = _script(settings, args.script_id)
+    script, scene = accepted.script, args.scene
     try:
         actions.check_scene(script, scene)
         if prompt is not None:
             prompt = actions.check_prompt(prompt, settings.prompt_max_chars)
     except actions.ActionError as err:
         raise CommandError(str(err)) from None
-    with script_lease(bucket, script_id, wait) as token:
+    with script_lease(bucket, script.script_id, args.wait) as token:
         _banner(settings)
+        when = stamp(operator_name(), args.note)
         if prompt is not None:
-            actions.set_override(
-                bucket,
-                script,
-                scene,
-                prompt,
-                settings.prompt_max_chars,
-                stamp(operator_name(), note_text),
-            )
-        elif clear:
+            actions.set_override(bucket, script, scene, prompt, settings.prompt_max_chars, when)
+        elif args.clear_prompt:
             actions.clear_override(bucket, script, scene)
         # A plain redraw rolls the dice again with the same prompt; a new or cleared prompt
         # draws only when that prompt has no picture yet.
-        forced = prompt is None and not clear
-        request = RunRequest([scene], forced, False, candidates, log_level=log_level)
+        forced = prompt is None and not args.clear_prompt
+        request = RunRequest([scene], forced, False, args.candidates, log_level=args.log_level)
         return run_script(bucket, settings, accepted, request, token=token, report=False)
 
 
-def pick(script_id: str, scene: str, k: int, note_text: str) -> int:
+def pick(args: Namespace) -> int:
     settings = load_settings()
-    bucket = open_bucket(settings)
-    accepted = _accepted(bucket, script_id)
+    bucket, accepted = _script(settings, args.script_id)
+    when = stamp(operator_name(), args.note)
     try:
-        manifest = actions.pick(
-            bucket, accepted.script, scene, k, stamp(operator_name(), note_text)
-        )
+        manifest = actions.pick(bucket, accepted.script, args.scene_id, args.k, when)
     except actions.ActionError as err:
         raise CommandError(str(err)) from None
-    entry = next(e for e in manifest.scenes if e.scene_id == scene)
-    count = len(entry.candidates)
-    say(f"script {script_id} scene {scene}: candidate {entry.picked} of {count}:")
+    entry = next(e for e in manifest.scenes if e.scene_id == args.scene_id)
+    say(
+        f"script {args.script_id} scene {args.scene_id}: candidate {entry.picked} of"
+        f" {len(entry.candidates)}:"
+    )
     say(f"  {entry.image_s3url}")
     return EXIT_OK
 
 
-def portrait(
-    script_id: str,
-    name: str,
-    image: Path | None,
-    redraw_it: bool,
-    note_text: str,
-    wait: float,
-    log_level: str,
-) -> int:
+def portrait(args: Namespace) -> int:
     settings = load_settings()
     data = None
-    if image is not None:
+    if args.image is not None:
         try:
-            data = image.read_bytes()
+            data = args.image.read_bytes()
         except OSError as err:
-            raise CommandError(f"--image {image}: cannot read it ({err.strerror or err})") from None
-    bucket = open_bucket(settings)
-    accepted = _accepted(bucket, script_id)
-    script = accepted.script
+            raise CommandError(
+                f"--image {args.image}: cannot read it ({err.strerror or err})"
+            ) from None
+    bucket, accepted = _script(settings, args.script_id)
+    script, name = accepted.script, args.name
     try:
         actions.check_character(script, name)
         if data is not None:
-            from scene_pipeline.core.portraits import check_upload
-
             check_upload(data)
     except ValueError as err:
         raise CommandError(str(err)) from None
+    when = stamp(operator_name(), args.note)
     if data is not None:
-        record = actions.upload_portrait(
-            bucket, script, name, data, stamp(operator_name(), note_text), "cli"
-        )
+        record = actions.upload_portrait(bucket, script, name, data, when, "cli")
         scenes = _scenes_with(script, name)
         say(
             f"pinned the portrait of {name} ({record.image_s3url}); the next run redraws the"
             f" {len(scenes)} scene(s) it is in: {', '.join(scenes) or '-'}"
         )
         return EXIT_OK
-    assert redraw_it
-    with script_lease(bucket, script_id, wait) as token:
+    with script_lease(bucket, script.script_id, args.wait) as token:
         _banner(settings)
-        actions.request_portrait_redraw(bucket, script, name, stamp(operator_name(), note_text))
-        request = RunRequest(redraw_portraits=[name], log_level=log_level)
+        actions.request_portrait_redraw(bucket, script, name, when)
+        request = RunRequest(redraw_portraits=[name], log_level=args.log_level)
         return run_script(bucket, settings, accepted, request, token=token, report=False)
 
 
@@ -231,13 +209,11 @@ def _scenes_with(script: Script, name: str) -> list[str]:
     ]
 
 
-def submit(path: Path, name: str | None) -> int:
+def submit(args: Namespace) -> int:
     settings = load_settings()
-    try:
-        script, _, data = read_script_file(path)
-    except ScriptRejected as err:
-        raise CommandError("\n".join(rejection_lines(path, err))) from None
-    name = name or f"{script.script_id}.json"
+    path: Path = args.file
+    script, _, data = _read(path)
+    name = args.name or f"{script.script_id}.json"
     if any(not layout.is_safe_name(s) for s in name.split("/")):
         raise CommandError(f"--name {name!r}: use letters, digits, '.', '_', '-' and '/'")
     bucket = open_bucket(settings)
@@ -253,13 +229,13 @@ def submit(path: Path, name: str | None) -> int:
     return EXIT_OK
 
 
-def status(script_id: str) -> int:
+def status(args: Namespace) -> int:
     from scene_pipeline.cli.runs import RunRequest, plan_ahead
     from scene_pipeline.cli.status_view import status_lines
 
     settings = load_settings()
-    bucket = open_bucket(settings)
-    accepted = _accepted(bucket, script_id)
+    script_id = args.script_id
+    bucket, accepted = _script(settings, script_id)
     manifest = bucket.read_manifest(script_id)
     if manifest is None:
         note(f"script {script_id}: accepted, but no run has finished yet")

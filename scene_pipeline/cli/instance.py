@@ -14,10 +14,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from scene_pipeline.cli.common import note
 from scene_pipeline.constants import SCENE_JOB_NAME, SCRIPT_PARTITIONS_NAME, TAG_LAUNCHED_BY
 from scene_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from scene_pipeline.jobs import Executor
 
 # Which process ran a CLI run: lets the next CLI run recognise a run whose process was killed.
 TAG_CLI_HOST = "scene_pipeline/cli_host"
@@ -112,11 +116,12 @@ def fail_abandoned_runs(instance: Any) -> list[str]:
     return failed
 
 
-def warm_forkserver() -> None:
+def warm_forkserver() -> bool:
     """Start the multiprocess executor's forkserver now, with the modules it preloads, so
     that its imports (Dagster's storage, the definitions, the SDKs: seconds of CPU) overlap
     with the CLI's own start of the run instead of delaying the run's first step. The
-    executor finds it running and uses it (same preload list)."""
+    executor finds it running and uses it (same preload list). False if no forkserver can
+    start here (a TMPDIR too long for its socket): the run then spawns its steps."""
     import multiprocessing
     from multiprocessing import forkserver
 
@@ -125,19 +130,22 @@ def warm_forkserver() -> None:
     context = multiprocessing.get_context("forkserver")
     # Dagster's multiprocess executor preloads its own module before the configured ones.
     context.set_forkserver_preload(["dagster._core.executor.multiprocess", *PRELOAD_MODULES])
-    forkserver.ensure_running()
+    try:
+        forkserver.ensure_running()
+    except OSError as err:
+        note(f"no forkserver ({err}; TMPDIR={tempfile.gettempdir()}): steps start by spawn")
+        return False
+    return True
 
 
 def run_config(
-    selection: dict[str, Any], in_process: bool, kling_limit: int, log_level: str
+    selection: dict[str, Any], executor: Executor, kling_limit: int, log_level: str
 ) -> dict[str, Any]:
-    from scene_pipeline.jobs import IN_PROCESS_CONFIG, multiprocess_config
+    from scene_pipeline.jobs import executor_config
 
     return {
         "ops": {"scenes": {"ops": {"plan_script": {"config": selection}}}},
-        "execution": {
-            "config": IN_PROCESS_CONFIG if in_process else multiprocess_config(kling_limit)
-        },
+        "execution": {"config": executor_config(executor, kling_limit)},
         "loggers": {"console": {"config": {"log_level": log_level}}},
     }
 
@@ -148,7 +156,7 @@ def execute_scene_job(
     script_id: str,
     selection: dict[str, Any],
     *,
-    in_process: bool,
+    executor: Executor,
     tags: dict[str, str],
     log_level: str = "WARNING",
 ) -> tuple[bool, str]:
@@ -168,7 +176,7 @@ def execute_scene_job(
     with execute_job(
         job,
         instance=instance,
-        run_config=run_config(selection, in_process, settings.kling_max_concurrency, log_level),
+        run_config=run_config(selection, executor, settings.kling_max_concurrency, log_level),
         tags={
             "dagster/partition": script_id,
             TAG_LAUNCHED_BY: "cli",

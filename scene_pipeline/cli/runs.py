@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scene_pipeline.cli.common import EXIT_BUSY, EXIT_NOT_COMPLETE, EXIT_OK, CommandError, note, say
 from scene_pipeline.cli.summary import summary_lines
@@ -25,6 +25,9 @@ from scene_pipeline.core.planning import Selection, UnknownScenesError
 from scene_pipeline.models import AcceptedScript
 from scene_pipeline.settings import Settings
 from scene_pipeline.storage import Bucket
+
+if TYPE_CHECKING:
+    from scene_pipeline.jobs import Executor
 
 LEASE_POLL_SECONDS = 2.0
 
@@ -172,9 +175,9 @@ def run_script(
         warm_forkserver,
     )
 
-    in_process = plan.paid_images <= 1
-    if not in_process:
-        warm_forkserver()
+    executor: Executor = "in_process"
+    if plan.paid_images > 1:
+        executor = "forkserver" if warm_forkserver() else "spawn"
     started = utc_now()
     home = os.environ.get("DAGSTER_HOME")
     with cli_instance(home) as instance:
@@ -185,7 +188,7 @@ def run_script(
             settings,
             script_id,
             request.config(),
-            in_process=in_process,
+            executor=executor,
             tags={TAG_LEASE: token},
             log_level=request.log_level,
         )

@@ -78,53 +78,46 @@ def _json_kind(value: Any) -> str:
     )
 
 
-def _check_script_id(value: str) -> str:
-    if not _SCRIPT_ID_RE.match(value):
-        raise ValueError(
-            f"{value[:80]!r} is not a valid script id: use 1-64 letters, digits, '_' or '-',"
-            " starting with a letter or digit"
-        )
-    return value
+def _pattern_check(regex: re.Pattern[str], what: str, rule: str) -> Any:
+    def check(value: str) -> str:
+        if not regex.match(value):
+            raise ValueError(f"{value[:80]!r} is not a valid {what}: use {rule}")
+        return value
+
+    return check
 
 
-def _check_scene_id(value: str) -> str:
-    if not _SCENE_ID_RE.match(value):
-        raise ValueError(
-            f"{value[:80]!r} is not a valid scene id: use 1-32 letters, digits, '_' or '-'"
-        )
-    return value
+def _id_type(regex: re.Pattern[str], what: str, rule: str, description: str) -> Any:
+    """An id that producers send as a string or an integer, normalised to a checked string."""
+    return Annotated[
+        str,
+        BeforeValidator(_id_to_str),
+        Strict(),
+        AfterValidator(_pattern_check(regex, what, rule)),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": regex.pattern},
+                    {"type": "integer", "minimum": 0},
+                ],
+                "description": description,
+            }
+        ),
+    ]
 
 
-ScriptId = Annotated[
-    str,
-    BeforeValidator(_id_to_str),
-    Strict(),
-    AfterValidator(_check_script_id),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": SCRIPT_ID_PATTERN},
-                {"type": "integer", "minimum": 0},
-            ],
-            "description": "Normalised to a string; becomes a partition key and part of S3 keys.",
-        }
-    ),
-]
-SceneId = Annotated[
-    str,
-    BeforeValidator(_id_to_str),
-    Strict(),
-    AfterValidator(_check_scene_id),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": SCENE_ID_PATTERN},
-                {"type": "integer", "minimum": 0},
-            ],
-            "description": "Normalised to a string; unique within the script.",
-        }
-    ),
-]
+ScriptId = _id_type(
+    _SCRIPT_ID_RE,
+    "script id",
+    "1-64 letters, digits, '_' or '-', starting with a letter or digit",
+    "Normalised to a string; becomes a partition key and part of S3 keys.",
+)
+SceneId = _id_type(
+    _SCENE_ID_RE,
+    "scene id",
+    "1-32 letters, digits, '_' or '-'",
+    "Normalised to a string; unique within the script.",
+)
 AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9"]
 assert set(AspectRatio.__args__) == set(KLING_ASPECT_RATIOS)  # type: ignore[attr-defined]
 

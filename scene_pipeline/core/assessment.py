@@ -16,7 +16,13 @@ from datetime import UTC, datetime
 from scene_pipeline.contract.outputs import Manifest, PortraitRecord
 from scene_pipeline.core.intake import read_accepted
 from scene_pipeline.core.operator import OperatorState, read_state
-from scene_pipeline.core.planning import Providers, ScenePlanning, Selection, plan_scenes
+from scene_pipeline.core.planning import (
+    Holdings,
+    Providers,
+    ScenePlanning,
+    Selection,
+    plan_scenes,
+)
 from scene_pipeline.core.portraits import PortraitPlanning, plan_portraits
 from scene_pipeline.core.sheets import current_looks, stored_sheet
 from scene_pipeline.models import AcceptedScript, CharacterSheet, StoredPrompt
@@ -117,19 +123,15 @@ def assess(
             layout.prompt_key(script.script_id, scene_id, prompt_hash), StoredPrompt
         )
 
-    scenes = plan_scenes(
-        script,
+    held = Holdings(
         sheet=sheet,
         portraits=portraits.current,
         state=view.state,
         previous=view.manifest,
         generations=view.scene_generations,
         stored_prompt=stored_prompt,
-        providers=providers,
-        selection=selection,
-        run_id=run_id,
-        now=now,
     )
+    scenes = plan_scenes(script, held, providers, selection, run_id=run_id, now=now)
     return Assessment(portraits=needed_portraits(portraits, scenes), scenes=scenes)
 
 

@@ -19,13 +19,12 @@ from scene_pipeline.contract.outputs import (
 )
 from scene_pipeline.core.operator import OperatorState, read_state
 from scene_pipeline.models import Portrait
-from scene_pipeline.storage import Bucket, PreconditionFailed, StorageError, layout
+from scene_pipeline.storage import Bucket, layout
 
 OFFLINE_NOTICE = (
     "OFFLINE: prompts and/or images of this script are placeholders made without OpenAI or"
     " KLING. Set OPENAI_API_KEY and KLING_ACCESS_KEY/KLING_SECRET_KEY for real ones."
 )
-PUBLISH_ATTEMPTS = 8
 
 
 def apply_picks(entries: Sequence[SceneEntry], state: OperatorState) -> list[SceneEntry]:
@@ -86,15 +85,10 @@ def build_manifest(
 def publish(
     bucket: Bucket, script_id: str, build: Callable[[OperatorState, Manifest | None], Manifest]
 ) -> Manifest:
-    """Write the manifest `build` makes from the current operator state and manifest,
-    retrying when another writer changed the manifest in between."""
-    key = layout.manifest_key(script_id)
-    for _ in range(PUBLISH_ATTEMPTS):
-        current, etag = bucket.read_model_versioned(key, Manifest)
-        manifest = build(read_state(bucket, script_id), current)
-        try:
-            bucket.write_model(key, manifest, if_match=etag, create=etag is None)
-            return manifest
-        except PreconditionFailed:
-            continue
-    raise StorageError(f"{key} kept changing under {PUBLISH_ATTEMPTS} concurrent writers")
+    """Write the manifest `build` makes from the current operator state and manifest, again
+    when another writer changed the manifest in between (a conditional read-modify-write)."""
+    return bucket.update_model(
+        layout.manifest_key(script_id),
+        Manifest,
+        lambda current: build(read_state(bucket, script_id), current),
+    )

@@ -171,21 +171,27 @@ class _Scene:
     last: SceneEntry | None
 
 
+@dataclass(frozen=True)
+class Holdings:
+    """What planning reads besides the script: the sheet, the portraits, the operators' state,
+    the stored generations and prompts, and the last manifest."""
+
+    sheet: CharacterSheet
+    portraits: Mapping[str, Portrait]
+    state: OperatorState
+    previous: Manifest | None
+    generations: Mapping[str, list[GenerationRef]]
+    stored_prompt: Callable[[str, str], StoredPrompt | None]
+
+
 def _inputs(
-    script: Script,
-    index: int,
-    sheet: CharacterSheet,
-    portraits: Mapping[str, Portrait],
-    state: OperatorState,
-    last: SceneEntry | None,
-    generations: Mapping[str, list[GenerationRef]],
-    stored_prompt: Callable[[str, str], StoredPrompt | None],
-    providers: Providers,
+    script: Script, index: int, held: Holdings, last: SceneEntry | None, providers: Providers
 ) -> _Scene:
     scene = script.scenes[index]
     involved = involved_characters(script, scene)
-    override = state.overrides.get(scene.scene_id)
-    by_name = {look.name: look.look for look in sheet.looks}
+    override = held.state.overrides.get(scene.scene_id)
+    by_name = {look.name: look.look for look in held.sheet.looks}
+    portraits, generations, stored_prompt = held.portraits, held.generations, held.stored_prompt
     looks = [
         CharacterLook(name=c.name, look=by_name[c.name]) for c in involved if c.name in by_name
     ]
@@ -260,15 +266,10 @@ def _place(item: _Scene, selection: Selection, config: str, planning: ScenePlann
 
 def plan_scenes(
     script: Script,
-    *,
-    sheet: CharacterSheet,
-    portraits: Mapping[str, Portrait],
-    state: OperatorState,
-    previous: Manifest | None,
-    generations: Mapping[str, list[GenerationRef]],
-    stored_prompt: Callable[[str, str], StoredPrompt | None],
+    held: Holdings,
     providers: Providers,
     selection: Selection,
+    *,
     run_id: str,
     now: datetime,
 ) -> ScenePlanning:
@@ -279,14 +280,11 @@ def plan_scenes(
             f"script {script.script_id} has no scene {', '.join(unknown)}"
             f" (its scenes: {', '.join(scene_ids)})"
         )
-    previous_entries = {e.scene_id: e for e in previous.scenes} if previous else {}
+    previous_entries = {e.scene_id: e for e in held.previous.scenes} if held.previous else {}
     config = providers.config_hash
     planning = ScenePlanning()
     for index, scene in enumerate(script.scenes):
-        item = _inputs(
-            script, index, sheet, portraits, state, previous_entries.get(scene.scene_id),
-            generations, stored_prompt, providers,
-        )  # fmt: skip
+        item = _inputs(script, index, held, previous_entries.get(scene.scene_id), providers)
         if _place(item, selection, config, planning):
             continue
         wanted_explicitly = scene.scene_id in selection.scene_ids or not selection.scene_ids

@@ -177,10 +177,12 @@ def sheet_messages(script: Script) -> list[dict[str, str]]:
         f"Write the character sheet for the {len(meta.characters)} character(s) in this"
         f" block.\n\n{fence(data)}"
     )
-    return [
-        {"role": "system", "content": SHEET_SYSTEM_PROMPT},
-        {"role": "user", "content": user},
-    ]
+    return _chat(SHEET_SYSTEM_PROMPT, user)
+
+
+def _chat(system: str, user: str) -> list[dict[str, str]]:
+    """Our instructions as the system message; the user message carries the fenced block."""
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def _style_instruction(style: str | None) -> tuple[str, str | None]:
@@ -220,10 +222,7 @@ def scene_messages(request: ScenePromptRequest) -> list[dict[str, str]]:
         f"{style_line}\nAspect ratio of the frame: {request.aspect_ratio}.\n"
         f"Length: at most {target} characters.\n\n{fence(data)}"
     )
-    return [
-        {"role": "system", "content": SCENE_SYSTEM_PROMPT},
-        {"role": "user", "content": user},
-    ]
+    return _chat(SCENE_SYSTEM_PROMPT, user)
 
 
 # --- post-processing ---------------------------------------------------------------------------

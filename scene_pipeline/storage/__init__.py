@@ -2,6 +2,7 @@
 local folder holding the same keys), the key layout, and `Bucket`, the typed way to them."""
 
 from scene_pipeline.storage.base import (
+    Condition,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -13,6 +14,7 @@ from scene_pipeline.storage.layout import UnsafeKeyError
 
 __all__ = [
     "Bucket",
+    "Condition",
     "GenerationRef",
     "ObjectInfo",
     "ObjectNotFound",

@@ -20,6 +20,23 @@ class ObjectInfo:
     last_modified: datetime
 
 
+OCTET = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A conditional write (S3's If-None-Match: * and If-Match): create the object only if
+    it is `absent`, or replace it only if its ETag is still `etag`."""
+
+    absent: bool = False
+    etag: str | None = None
+
+    @classmethod
+    def matching(cls, etag: str | None) -> Condition:
+        """Replace the object with this ETag; None: create it (it was absent when read)."""
+        return cls(absent=etag is None, etag=etag)
+
+
 class StorageError(Exception):
     """A read or write failed for a reason other than a missing object."""
 
@@ -44,23 +61,13 @@ class ObjectStore(Protocol):
         ...
 
     def put(
-        self,
-        key: str,
-        data: bytes,
-        content_type: str = "application/octet-stream",
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
+        self, key: str, data: bytes, content_type: str = OCTET, when: Condition | None = None
     ) -> str:
-        """Write the whole object at once (readers see old or new bytes, never a mix).
-
-        `if_none_match`: only create; `if_match`: only replace the object with that ETag.
-
-        Returns:
-            The new object's ETag.
+        """Write the whole object at once (readers see old or new bytes, never a mix), only
+        `when` the condition holds. Returns the new object's ETag.
 
         Raises:
-            PreconditionFailed: a condition did not hold; nothing was written.
+            PreconditionFailed: the condition did not hold; nothing was written.
         """
         ...
 

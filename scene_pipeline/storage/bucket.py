@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from scene_pipeline.contract.outputs import Manifest, RejectionReport
 from scene_pipeline.storage import layout
 from scene_pipeline.storage.base import (
+    Condition,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -70,16 +71,8 @@ class Bucket:
             return None, None
         return _parse(key, data, model), etag
 
-    def write_model(
-        self, key: str, value: BaseModel, *, if_match: str | None = None, create: bool = False
-    ) -> str:
-        return self._store.put(
-            key,
-            value.model_dump_json(indent=1).encode(),
-            JSON,
-            if_match=if_match,
-            if_none_match=create,
-        )
+    def write_model(self, key: str, value: BaseModel, when: Condition | None = None) -> str:
+        return self._store.put(key, value.model_dump_json(indent=1).encode(), JSON, when)
 
     def update_model(self, key: str, model: type[M], change: Callable[[M | None], M]) -> M:
         """Read-modify-write with a conditional PUT, retried when another writer won."""
@@ -87,7 +80,7 @@ class Bucket:
             current, etag = self.read_model_versioned(key, model)
             updated = change(current)
             try:
-                self.write_model(key, updated, if_match=etag, create=etag is None)
+                self.write_model(key, updated, Condition.matching(etag))
                 return updated
             except PreconditionFailed:
                 continue
@@ -129,14 +122,14 @@ class Bucket:
     def put_if_absent(self, key: str, value: BaseModel) -> bool:
         """Create `key` unless it exists; False when it did."""
         try:
-            self.write_model(key, value, create=True)
+            self.write_model(key, value, Condition(absent=True))
             return True
         except PreconditionFailed:
             return False
 
     def replace_if_unchanged(self, key: str, value: BaseModel, etag: str) -> bool:
         try:
-            self.write_model(key, value, if_match=etag)
+            self.write_model(key, value, Condition(etag=etag))
             return True
         except PreconditionFailed:
             return False

@@ -17,7 +17,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from scene_pipeline.storage.base import ObjectInfo, ObjectNotFound, PreconditionFailed, StorageError
+from scene_pipeline.storage.base import (
+    OCTET,
+    Condition,
+    ObjectInfo,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+)
 
 _TMP_PREFIX = ".tmp-"
 _LOCK_NAME = ".lock-conditional-writes"
@@ -65,25 +72,19 @@ class LocalObjectStore:
             raise StorageError(f"cannot read {key}: {err.strerror}") from err
 
     def put(
-        self,
-        key: str,
-        data: bytes,
-        content_type: str = "application/octet-stream",
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
+        self, key: str, data: bytes, content_type: str = OCTET, when: Condition | None = None
     ) -> str:
         del content_type  # a folder has no content types
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if if_match is None and not if_none_match:
+            if when is None:
                 return self._replace(path, data)
             with self._locked():
                 current = self._etag_of(path)
-                if if_none_match and current is not None:
+                if when.absent and current is not None:
                     raise PreconditionFailed(f"{key} exists")
-                if if_match is not None and current != if_match:
+                if when.etag is not None and current != when.etag:
                     raise PreconditionFailed(f"{key} changed")
                 etag = self._replace(path, data)
                 if etag == current:

@@ -8,7 +8,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from scene_pipeline.storage.base import ObjectInfo, ObjectNotFound, PreconditionFailed, StorageError
+from scene_pipeline.storage.base import (
+    OCTET,
+    Condition,
+    ObjectInfo,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+)
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
@@ -43,19 +50,13 @@ class S3ObjectStore:
             raise self._fail("GET", key, err) from err
 
     def put(
-        self,
-        key: str,
-        data: bytes,
-        content_type: str = "application/octet-stream",
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
+        self, key: str, data: bytes, content_type: str = OCTET, when: Condition | None = None
     ) -> str:
         conditions: dict[str, str] = {}
-        if if_none_match:
+        if when is not None and when.absent:
             conditions["IfNoneMatch"] = "*"
-        if if_match is not None:
-            conditions["IfMatch"] = if_match
+        if when is not None and when.etag is not None:
+            conditions["IfMatch"] = when.etag
         try:
             response = self.client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **conditions
