@@ -14,10 +14,12 @@ budget; the step's RetryPolicy is the second and last owner (no other layer loop
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+from scene_pipeline.providers.base import SlotGate
 from scene_pipeline.providers.errors import (
     AccountError,
     SceneRejectedError,
@@ -51,6 +53,7 @@ class Failed:
 
     message: str
     refused: bool = False
+    attempted: bool = True  # False: the account had failed before this item's call
 
 
 class AccountStops:
@@ -63,8 +66,35 @@ class AccountStops:
     def reason(self, role: str) -> str | None:
         return self._bucket.read_account_stop(self._run_id, role)
 
-    def stop(self, role: str, reason: str) -> None:
-        self._bucket.write_account_stop(self._run_id, role, reason)
+    def stop(self, role: str, err: AccountError) -> None:
+        self._bucket.write_account_stop(
+            self._run_id, role, f"account error earlier in this run: {err}"
+        )
+
+
+class AccountStopped(Exception):
+    """Raised instead of a call to a provider whose account failed earlier in the run."""
+
+
+class StoppingSlots:
+    """The account's slots, with the account stop looked at once more after the wait for
+    them: a step that waited while another step met an account error does not submit."""
+
+    def __init__(self, slots: SlotGate, stops: AccountStops, role: str) -> None:
+        self._slots, self._stops, self._role = slots, stops, role
+
+    @contextmanager
+    def hold(self, count: int) -> Iterator[None]:
+        with self._slots.hold(count):
+            stopped = self._stops.reason(self._role)
+            if stopped:
+                raise AccountStopped(stopped)
+            try:
+                yield
+            except AccountError as err:
+                # Noted before the slot is freed: the step that takes it sees the stop.
+                self._stops.stop(self._role, err)
+                raise
 
 
 def guarded(
@@ -77,8 +107,10 @@ def guarded(
     ("prompt_writer" or "image_maker")."""
     try:
         return work()
+    except AccountStopped as err:
+        return Failed(str(err), attempted=False)
     except AccountError as err:
-        stops.stop(role, f"account error earlier in this run: {err}")
+        stops.stop(role, err)
         return Failed(str(err))
     except SceneRejectedError as err:
         return Failed(str(err), refused=err.refused)

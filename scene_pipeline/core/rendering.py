@@ -21,7 +21,7 @@ from scene_pipeline.contract.outputs import (
 from scene_pipeline.core import generations
 from scene_pipeline.core.hashing import image_hash, look_hash
 from scene_pipeline.core.naming import external_task_id, generation_name
-from scene_pipeline.core.outcomes import AccountStops, Attempt, Failed, guarded
+from scene_pipeline.core.outcomes import AccountStops, Attempt, Failed, StoppingSlots, guarded
 from scene_pipeline.core.planning import entry_from_record, portrait_ids, reference_names
 from scene_pipeline.core.portraits import (
     PORTRAIT_ASPECT_RATIO,
@@ -114,14 +114,16 @@ def render_scene(
     stopped = stops.reason("image_maker")
     if stopped:
         return _failed(plan, prompt, f"image not attempted: {stopped}", prompt_status)
+    slots = StoppingSlots(tools.slots, stops, "image_maker")
     drawn = guarded(
-        lambda: _draw_scene(plan, prompt, references, i_hash, tools),
+        lambda: _draw_scene(plan, prompt, references, i_hash, tools, slots),
         attempt,
         stops,
         "image_maker",
     )
     if isinstance(drawn, Failed):
-        return _failed(plan, prompt, f"image: {drawn.message}", prompt_status, drawn.refused)
+        what = "image:" if drawn.attempted else "image not attempted:"
+        return _failed(plan, prompt, f"{what} {drawn.message}", prompt_status, drawn.refused)
     entry, thumbs = drawn
     return SceneOutcome(entry=entry, prompt_status=prompt_status, tokens=tokens, thumbnails=thumbs)
 
@@ -189,6 +191,7 @@ def _draw_scene(
     references: list[Portrait],
     i_hash: str,
     tools: Tools,
+    slots: SlotGate,
 ) -> tuple[SceneEntry, list[str]]:
     bucket, sid = tools.bucket, plan.scene.scene_id
     generation = generation_name(plan.planned_at, i_hash, plan.root_run_id)
@@ -211,7 +214,7 @@ def _draw_scene(
             n=plan.candidates,
         ),
         journal,
-        tools.slots,
+        slots,
     )
     keys, uris, thumbs = generations.store_images(
         bucket, plan.script_id, ("scenes", sid), generation, image.pngs
@@ -285,13 +288,15 @@ def draw_portrait(plan: PortraitPlan, tools: Tools, attempt: Attempt) -> Portrai
     stopped = stops.reason("image_maker")
     if stopped:
         return pending.model_copy(update={"status": "failed", "error": f"not attempted: {stopped}"})
-    drawn = guarded(lambda: _draw_portrait(plan, tools), attempt, stops, "image_maker")
+    slots = StoppingSlots(tools.slots, stops, "image_maker")
+    drawn = guarded(lambda: _draw_portrait(plan, tools, slots), attempt, stops, "image_maker")
     if isinstance(drawn, Failed):
-        return pending.model_copy(update={"status": "failed", "error": drawn.message})
+        error = drawn.message if drawn.attempted else f"not attempted: {drawn.message}"
+        return pending.model_copy(update={"status": "failed", "error": error})
     return drawn
 
 
-def _draw_portrait(plan: PortraitPlan, tools: Tools) -> Portrait:
+def _draw_portrait(plan: PortraitPlan, tools: Tools, slots: SlotGate) -> Portrait:
     bucket, subject = tools.bucket, ("characters", plan.character_key)
     journal = StoredTaskJournal(
         bucket,
@@ -312,7 +317,7 @@ def _draw_portrait(plan: PortraitPlan, tools: Tools) -> Portrait:
             external_task_id=plan.external_task_id,
         ),
         journal,
-        tools.slots,
+        slots,
     )
     problem = reference_problem(*generations.image_size(image.pngs[0]))
     if problem:

@@ -165,9 +165,10 @@ class KlingImageMaker:
         # Without a reference model the maker draws from text only, whatever it is given.
         with_references = bool(request.references) and self._reference_model is not None
         endpoint: Endpoint = "multi-image2image" if with_references else "generations"
+        # The gate sees the pipeline's error kinds (an account error ends the hold).
+        with slots.hold(request.n), provider_errors():
+            task, attempt, external_id = self._finished_task(request, journal, endpoint)
         with provider_errors():
-            with slots.hold(request.n):
-                task, attempt, external_id = self._finished_task(request, journal, endpoint)
             pngs, width, height = self._fetch_images(task, request.n, endpoint)
         now = datetime.now(UTC)
         submitted_at = _from_ms(task.created_at) or now
