@@ -260,8 +260,8 @@ def test_a_fresh_run_of_the_same_script_resumes_the_journaled_tasks(
         KLING_MAX_CONCURRENCY=str(SCENES),
         KLING_TASK_TIMEOUT_SECONDS="60",
         # The temporary instance of a killed CLI is never cleaned up: keep it under tmp_path.
-        # (A TMPDIR this long leaves no room for the forkserver's socket path: the runs below
-        # also show that the CLI then spawns its steps instead of failing.)
+        # (A TMPDIR this long can leave no room for the forkserver's socket path: the runs below
+        # then also show that the CLI spawns its steps instead of failing.)
         TMPDIR=str(tmp_path / "tmp"),
     )
     script = the_script(tmp_path)
