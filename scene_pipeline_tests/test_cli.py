@@ -94,6 +94,18 @@ def test_schema_is_json_that_names_the_contract_fields() -> None:
     assert "script_metadata" in schema["properties"]
 
 
+def test_a_tmpdir_too_long_for_the_forkserver_socket_spawns_the_steps(tmp_path: Path) -> None:
+    # An AF_UNIX socket path has at most 107 bytes; the forkserver's lives under TMPDIR.
+    tmpdir = tmp_path / ("t" * max(1, 120 - len(str(tmp_path))))
+    tmpdir.mkdir()
+    storage = tmp_path / "storage"
+    env = {"SCENE_PIPELINE_LOCAL_DIR": str(storage), "TMPDIR": str(tmpdir)}
+    done = cli("run", EXAMPLES / "rooftop_cat.json", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "steps start by spawn" in done.stderr
+    assert "complete (3/3 scenes succeeded)" in done.stdout
+
+
 def test_run_materializes_through_dagster_on_dagster_home(tmp_path: Path) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
