@@ -15,7 +15,8 @@ from scene_pipeline.contract.outputs import (
     SceneEntry,
     SourceRef,
 )
-from scene_pipeline.contract.script import Character, Scene, Script, ScriptShape
+from scene_pipeline.contract.script import Character, Scene, Script
+from scene_pipeline.contract.script_parsing import ScriptShape
 from scene_pipeline.providers.base import CharacterLook
 
 

@@ -20,6 +20,16 @@ SAMPLE = REPO.parent / "shared" / "samples" / "strange_oldman.json"
 PIPELINE_ENV = (*variable_names(), "DAGSTER_HOME")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long end-to-end tests first: pytest-xdist hands tests out in this order, so none
+    of them starts last on one worker while the other has nothing left to do."""
+    items.sort(
+        key=lambda item: (
+            not (item.get_closest_marker("slow") or item.get_closest_marker("postgres"))
+        )
+    )
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in PIPELINE_ENV:

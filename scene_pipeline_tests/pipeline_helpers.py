@@ -11,7 +11,7 @@ from dagster import DagsterInstance, materialize
 from scene_pipeline.assets import all_assets
 from scene_pipeline.constants import SCRIPT_PARTITIONS_NAME
 from scene_pipeline.contract.outputs import Manifest, SourceRef, utc_now
-from scene_pipeline.contract.script import parse_script
+from scene_pipeline.contract.script_parsing import parse_script
 from scene_pipeline.core.intake import accepted_script, store_accepted
 from scene_pipeline.io_managers import JsonIOManager, ManifestIOManager, ScriptDocumentIOManager
 from scene_pipeline.resources.bucket import BucketResource

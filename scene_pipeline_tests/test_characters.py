@@ -46,6 +46,8 @@ from .conftest import PIPELINE_ENV
 from .fakes.kling import FakeKlingServer, FakeTask
 from .fakes.openai import FakeOpenAIServer
 
+pytestmark = pytest.mark.slow  # end to end through the CLI: scheduled first (conftest.py)
+
 CLI = str(Path(sys.executable).with_name("scene-pipeline"))
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT_ID = "cast"

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from scene_pipeline.contract.script import ScriptRejected, parse_script, script_json_schema
+from scene_pipeline.contract.script import script_json_schema
+from scene_pipeline.contract.script_parsing import ScriptRejected, parse_script
 
 VALID: dict[str, Any] = {
     "script_metadata": {

@@ -60,7 +60,7 @@ from .stack import (
     with_option,
 )
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 KLING_LIMIT = 2
 SCRIPT_IDS = ("stack-a", "stack-b", "stack-c")

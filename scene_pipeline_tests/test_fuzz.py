@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 
 from scene_pipeline.constants import SCENE_ID_PATTERN, SCRIPT_ID_PATTERN
 from scene_pipeline.contract.outputs import RejectionReport, SourceRef
-from scene_pipeline.contract.script import Script, ScriptRejected, parse_script
+from scene_pipeline.contract.script import Script
+from scene_pipeline.contract.script_parsing import ScriptRejected, parse_script
 from scene_pipeline.core.intake import validate_bytes
 from scene_pipeline.models import AcceptedScript
 

@@ -56,6 +56,8 @@ from .resilience import (
     write_script,
 )
 
+pytestmark = pytest.mark.slow  # end to end through the CLI: scheduled first (conftest.py)
+
 SCRIPT_ID = "killed"
 SCENES = 2
 PORTRAITS = 2  # one per character; each scene has one of them in it

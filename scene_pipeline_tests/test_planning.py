@@ -20,16 +20,19 @@ import pytest
 
 from scene_pipeline.constants import KLING_MAX_REFERENCES
 from scene_pipeline.contract.outputs import Manifest, SourceRef
-from scene_pipeline.contract.script import Script, parse_script
+from scene_pipeline.contract.script import Script
+from scene_pipeline.contract.script_parsing import parse_script
 from scene_pipeline.core import actions
 from scene_pipeline.core.assessment import Assessment, assess, load_view
 from scene_pipeline.core.intake import accepted_script, store_accepted
 from scene_pipeline.core.manifests import publish
 from scene_pipeline.core.operator import read_state, stamp
 from scene_pipeline.core.outcomes import Attempt
-from scene_pipeline.core.planning import Providers, Selection
+from scene_pipeline.core.planning import Selection
+from scene_pipeline.core.planning_inputs import Providers
+from scene_pipeline.core.portrait_drawing import draw_portrait
 from scene_pipeline.core.portraits import character_key
-from scene_pipeline.core.rendering import Tools, draw_portrait, render_scene
+from scene_pipeline.core.rendering import Tools, render_scene
 from scene_pipeline.core.runs import Prepared, finish, prepare
 from scene_pipeline.models import AcceptedScript
 from scene_pipeline.providers.base import (

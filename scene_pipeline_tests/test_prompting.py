@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from scene_pipeline.contract.script import parse_script
+from scene_pipeline.contract.script_parsing import parse_script
 from scene_pipeline.providers.base import CharacterLook, ScenePromptRequest
 from scene_pipeline.providers.offline import TemplatePromptWriter
 from scene_pipeline.providers.prompting import cap_prompt, involved_characters

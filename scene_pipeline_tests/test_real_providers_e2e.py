@@ -23,6 +23,8 @@ from .fakes.openai import FakeOpenAIServer
 from .resilience import CLI, Background, script_document, start, wait_until, write_script
 from .test_cli import cli
 
+pytestmark = pytest.mark.slow  # end to end through the CLI: scheduled first (conftest.py)
+
 SCENES = 6
 PORTRAITS = 2  # 민수 speaks in the odd scenes, 할머니 in the even ones
 # Portraits are sent back to KLING as references: at least 300 px on each side (2:3).

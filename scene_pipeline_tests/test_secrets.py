@@ -34,11 +34,14 @@ from pathlib import Path
 
 import boto3
 import jwt
+import pytest
 from dagster import DagsterInstance, serialize_value
 
 from .fakes.kling import FakeKlingServer
 from .fakes.openai import FakeOpenAIServer, Fault, unauthorized
 from .resilience import CLI, fake_env, run_to_end, script_document, write_script
+
+pytestmark = pytest.mark.slow  # end to end through the CLI: scheduled first (conftest.py)
 
 OPENAI_KEY = "oai-test-Vq3ZrT8pLw2Nx7KsQ1"
 KLING_ACCESS_KEY = "kling-ak-Hj4Rt9Qw2Lp6Zx8Mn3Bv"

@@ -54,6 +54,8 @@ from .fakes.kling import FakeKlingServer, FakeTask
 from .fakes.openai import FakeOpenAIServer
 from .pipeline_helpers import accept, run_script
 
+pytestmark = pytest.mark.slow  # end to end through the CLI: scheduled first (conftest.py)
+
 CLI = str(Path(sys.executable).with_name("scene-pipeline"))
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT_ID = "steer"

@@ -35,6 +35,8 @@ from .faulty_s3_proxy import INTERNAL_ERROR, NO_SUCH_BUCKET, SLOW_DOWN, FaultyS3
 from .pipeline_helpers import accept, resources
 from .resilience import CLI, run_to_end, script_document, write_script
 
+pytestmark = pytest.mark.slow  # end to end through the CLI: scheduled first (conftest.py)
+
 SCRIPT_ID = "storage-faults"
 SCENES = 3
 MANIFEST_KEY = f"results/{SCRIPT_ID}/manifest.json"

@@ -29,7 +29,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INVALID, f"{self.prog}: error: {message}\n")
 
 
-def _wait(parser: argparse.ArgumentParser) -> None:
+def _run_options(parser: argparse.ArgumentParser, *, candidates: bool) -> None:
+    """The options of the commands that start a run."""
+    if candidates:
+        parser.add_argument(
+            "--candidates", type=int, metavar="N", help="images per scene in this run (1-4)"
+        )
     parser.add_argument(
         "--wait",
         type=float,
@@ -37,17 +42,8 @@ def _wait(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="when another command or run holds the script, wait this long (default: exit 3)",
     )
-
-
-def _log_level(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="WARNING", choices=LOG_LEVELS, help="Dagster event log level"
-    )
-
-
-def _candidates(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--candidates", type=int, metavar="N", help="images per scene in this run (1-4)"
     )
 
 
@@ -58,7 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check script files against the contract")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
     sub.add_parser("schema", help="print the JSON Schema of the canonical script document")
+    _add_run(sub)
 
+    submit = sub.add_parser("submit", help="validate a script and upload it to the inbox")
+    submit.add_argument("file", type=Path, metavar="FILE")
+    submit.add_argument("--name", help="object name under the inbox prefix")
+
+    status = sub.add_parser("status", help="a script's scenes, portraits and what is due")
+    status.add_argument("script_id", metavar="SCRIPT_ID")
+    _add_redraw(sub)
+
+    pick = sub.add_parser("pick", help="show candidate K of a scene (costs nothing)")
+    pick.add_argument("script_id", metavar="SCRIPT_ID")
+    pick.add_argument("scene_id", metavar="SCENE_ID")
+    pick.add_argument("k", type=int, metavar="K")
+    pick.add_argument("--note", default="")
+    _add_portrait(sub)
+    return parser
+
+
+def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
     run = sub.add_parser("run", help="accept a script file and draw what it needs")
     run.add_argument("file", type=Path, metavar="FILE")
     run.add_argument("--scenes", default="", metavar="ID,...", help="only these scenes")
@@ -68,17 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also redraw scenes that are stale because the configuration changed",
     )
-    _candidates(run)
-    _wait(run)
-    _log_level(run)
+    _run_options(run, candidates=True)
 
-    submit = sub.add_parser("submit", help="validate a script and upload it to the inbox")
-    submit.add_argument("file", type=Path, metavar="FILE")
-    submit.add_argument("--name", help="object name under the inbox prefix")
 
-    status = sub.add_parser("status", help="a script's scenes, portraits and what is due")
-    status.add_argument("script_id", metavar="SCRIPT_ID")
-
+def _add_redraw(sub: argparse._SubParsersAction[_Parser]) -> None:
     redraw = sub.add_parser("redraw", help="redraw one scene, with a new prompt or the same")
     redraw.add_argument("script_id", metavar="SCRIPT_ID")
     redraw.add_argument("--scene", required=True, metavar="ID")
@@ -87,16 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt-file", type=Path, metavar="FILE", help="the prompt, UTF-8")
     prompt.add_argument("--clear-prompt", action="store_true", help="back to the written prompt")
     redraw.add_argument("--note", default="", help="kept with the override")
-    _candidates(redraw)
-    _wait(redraw)
-    _log_level(redraw)
+    _run_options(redraw, candidates=True)
 
-    pick = sub.add_parser("pick", help="show candidate K of a scene (costs nothing)")
-    pick.add_argument("script_id", metavar="SCRIPT_ID")
-    pick.add_argument("scene_id", metavar="SCENE_ID")
-    pick.add_argument("k", type=int, metavar="K")
-    pick.add_argument("--note", default="")
 
+def _add_portrait(sub: argparse._SubParsersAction[_Parser]) -> None:
     portrait = sub.add_parser("portrait", help="pin an uploaded portrait, or redraw one")
     portrait.add_argument("script_id", metavar="SCRIPT_ID")
     portrait.add_argument("name", metavar="NAME")
@@ -104,9 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--image", type=Path, metavar="FILE", help="a PNG or JPEG to pin")
     how.add_argument("--redraw", action="store_true", help="draw a new portrait now")
     portrait.add_argument("--note", default="")
-    _wait(portrait)
-    _log_level(portrait)
-    return parser
+    _run_options(portrait, candidates=False)
 
 
 COMMANDS = {

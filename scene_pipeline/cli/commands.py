@@ -26,7 +26,8 @@ from scene_pipeline.cli.common import (
 from scene_pipeline.cli.runs import RunRequest, check_candidates, run_script, script_lease
 from scene_pipeline.cli.summary import summary_lines
 from scene_pipeline.contract.outputs import SourceRef
-from scene_pipeline.contract.script import Script, ScriptRejected, ScriptShape, script_json_schema
+from scene_pipeline.contract.script import Script, script_json_schema
+from scene_pipeline.contract.script_parsing import ScriptRejected, ScriptShape
 from scene_pipeline.core import actions
 from scene_pipeline.core.intake import accepted_script, read_accepted, store_accepted
 from scene_pipeline.core.operator import read_state, stamp

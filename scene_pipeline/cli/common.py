@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from scene_pipeline.constants import MAX_SCRIPT_BYTES
-from scene_pipeline.contract.script import (
+from scene_pipeline.contract.script import Script
+from scene_pipeline.contract.script_parsing import (
     ContractError,
-    Script,
     ScriptRejected,
     ScriptShape,
     parse_script,

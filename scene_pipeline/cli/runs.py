@@ -192,17 +192,18 @@ def run_script(
             tags={TAG_LEASE: token},
             log_level=request.log_level,
         )
-    where = (
-        f"in the UI of DAGSTER_HOME={home}"
-        if home
-        else "on a temporary instance (set DAGSTER_HOME to keep runs for the UI)"
-    )
-    note(f"run {run_id} {'succeeded' if ok else 'FAILED'} {where}")
+    note(f"run {run_id} {'succeeded' if ok else 'FAILED'} {_where_to_see(home)}")
     manifest = bucket.read_manifest(script_id)
     if manifest is None or manifest.updated_at < started:
         note("this run wrote no manifest; see the run's logs above")
         return EXIT_NOT_COMPLETE
     return _print_result(manifest, request.scene_ids, ok=ok)
+
+
+def _where_to_see(home: str | None) -> str:
+    if home:
+        return f"in the UI of DAGSTER_HOME={home}"
+    return "on a temporary instance (set DAGSTER_HOME to keep runs for the UI)"
 
 
 def _print_result(manifest: Manifest, scene_ids: list[str], *, ok: bool) -> int:

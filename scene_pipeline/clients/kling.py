@@ -2,11 +2,11 @@
 
 The facts it honours are in ../shared/reference/kling-api.md:
 
-- Auth is a short-lived HS256 JWT (`clients/kling_auth.py`), regenerated once on a 401.
-- Errors are classified by KLING's `code` (`clients/kling_errors.py`). This client is the one
-  place that retries transient HTTP errors: each call makes at most `max_attempts` requests
-  with exponential back-off and jitter (a server's Retry-After is honoured up to
-  `RETRY_AFTER_CAP_SECONDS`), then raises `KlingTransientError`. Callers do not loop again.
+- One request is authenticated with a short-lived JWT and its errors are classified by
+  KLING's `code` (`clients/kling_connection.py`).
+- Each call makes at most `max_attempts` requests with back-off between them, then raises
+  `KlingTransientError` (`clients/kling_retry.py`, the only retry loop). Callers do not loop
+  again.
 - Every accepted task is paid, so a POST whose answer was lost is never simply repeated: the
   client first looks for its `external_task_id` among the recent tasks (single requests,
   inside the same attempt budget).
@@ -19,43 +19,39 @@ from __future__ import annotations
 
 import base64
 import logging
-import random
 import time
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
 
 from scene_pipeline.clients.kling_auth import KlingToken
+from scene_pipeline.clients.kling_connection import KlingConnection
 from scene_pipeline.clients.kling_errors import (
-    AUTH_CODES,
     KlingAccountError,
     KlingDownloadError,
     KlingError,
     KlingModerationError,
     KlingRequestError,
     KlingTransientError,
-    classify,
     retry_after_seconds,
-    sanitise_message,
+)
+from scene_pipeline.clients.kling_retry import (
+    DEFAULT_BACKOFF_BASE_SECONDS,
+    DEFAULT_BACKOFF_MAX_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    RetryBudget,
 )
 from scene_pipeline.clients.kling_tasks import ENDPOINT_PATHS, Endpoint, KlingTask, task_from_api
 from scene_pipeline.clients.redaction import install_httpx_url_filter
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DEFAULT_BASE_URL: Final = "https://api-singapore.klingai.com"
 DEFAULT_REQUEST_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 10.0
-# The retry budget of one call: at most this many requests, and back-off between them of
-# 1, 2, 4, 8, 16 s (each plus up to 50 % jitter; KLING asks for at least 1 s on 1302).
-DEFAULT_MAX_ATTEMPTS: Final = 6
-DEFAULT_BACKOFF_BASE_SECONDS: Final = 1.0
-DEFAULT_BACKOFF_MAX_SECONDS: Final = 30.0
-RETRY_AFTER_CAP_SECONDS: Final = 30.0
 # The lost-POST lookup reads at most pages x page size recent tasks (pageSize may be 1-500).
 LOOKUP_PAGE_SIZE: Final = 100
 LOOKUP_MAX_PAGES: Final = 3
@@ -93,19 +89,14 @@ class KlingClient:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        self._token = KlingToken(access_key, secret_key, clock)
+        self._retry = RetryBudget(max_attempts, backoff_base, backoff_max, sleep)
+        token = KlingToken(access_key, secret_key, clock)
         self.base_url = base_url.rstrip("/")
-        self.max_attempts = max_attempts
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
-        self._sleep = sleep
-        self._rng = random.Random()
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(
             timeout=httpx.Timeout(request_timeout, connect=min(connect_timeout, request_timeout))
         )
+        self._api = KlingConnection(token, self.base_url, self._http)
 
     def __repr__(self) -> str:
         return f"KlingClient(base_url={self.base_url!r})"
@@ -120,99 +111,9 @@ class KlingClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- one request ---------------------------------------------------------------------------
-
-    def _call_once(
-        self,
-        method: str,
-        path: str,
-        what: str,
-        *,
-        json_body: dict[str, Any] | None = None,
-        params: dict[str, Any] | None = None,
-    ) -> Any:
-        """One API request (two when a 401 makes us regenerate the token); returns `data`."""
-        regenerated = False
-        while True:
-            token = self._token.value()
-            try:
-                response = self._http.request(
-                    method,
-                    self.base_url + path,
-                    json=json_body,
-                    params=params,
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-            except httpx.ConnectError as err:
-                # Nothing reached KLING: safe to repeat, even a POST.
-                raise KlingTransientError(
-                    f"KLING {what}: cannot connect ({type(err).__name__})"
-                ) from None
-            except httpx.TransportError as err:
-                raise KlingTransientError(
-                    f"KLING {what}: network error or timeout ({type(err).__name__})",
-                    ambiguous=True,
-                ) from None
-            body = _json_object(response)
-            code = body.get("code") if isinstance(body.get("code"), int) else None
-            request_id = str(body["request_id"]) if body.get("request_id") else None
-            if response.status_code == 200 and code == 0:
-                return body.get("data")
-            if response.status_code == 401 or code in AUTH_CODES:
-                if not regenerated:
-                    logger.debug("KLING %s: HTTP 401 (code %s), regenerating the token", what, code)
-                    regenerated = True
-                    self._token.drop(token)
-                    continue
-                raise KlingAccountError(
-                    f"KLING rejected the keys (HTTP {response.status_code}, code {code}): check"
-                    " KLING_ACCESS_KEY and KLING_SECRET_KEY",
-                    http_status=response.status_code,
-                    code=code,
-                    request_id=request_id,
-                )
-            detail = self._token.scrub(sanitise_message(body.get("message"), limit=200))
-            raise classify(
-                response.status_code,
-                code,
-                request_id,
-                detail,
-                what,
-                retry_after_seconds(response.headers),
-            )
-
-    # -- the retry loop (the only one) ---------------------------------------------------------
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        base = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-        delay = base + self._rng.uniform(0, base / 2)
-        if retry_after:
-            delay = max(delay, min(retry_after, RETRY_AFTER_CAP_SECONDS))
-        return delay
-
-    def _retrying(self, call: Callable[[int], T]) -> T:
-        """`call(attempt)` until it returns, fails with a non-retryable error, or has used
-        `max_attempts` requests."""
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return call(attempt)
-            except KlingTransientError as err:
-                if attempt == self.max_attempts:
-                    raise _gave_up(err, attempt) from None
-                delay = self._backoff(attempt, err.retry_after)
-                logger.debug(
-                    "%s; retrying in %.2fs (attempt %d/%d)", err, delay, attempt, self.max_attempts
-                )
-                self._sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
     # -- API -----------------------------------------------------------------------------------
 
-    def submit(
-        self,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-    ) -> KlingTask:
+    def submit(self, endpoint: Endpoint, body: dict[str, Any]) -> KlingTask:
         """Create a task at `endpoint`, at most once per `body["external_task_id"]`.
 
         A POST whose outcome is unknown (timeout, dropped connection, 5xx) may have created a
@@ -237,7 +138,7 @@ class KlingClient:
                     logger.info("KLING submit: found task %s after a lost answer", found.task_id)
                     return found
             try:
-                data = self._call_once("POST", path, "submit", json_body=body)
+                data = self._api.call("POST", path, "submit", json_body=body)
             except KlingTransientError as err:
                 maybe_created = maybe_created or err.ambiguous
                 raise
@@ -258,7 +159,7 @@ class KlingClient:
                 maybe_created = True
                 raise KlingTransientError(f"KLING submit: {err}", ambiguous=True) from None
 
-        return self._retrying(attempt_submit)
+        return self._retry.run(attempt_submit)
 
     def get_task(self, endpoint: Endpoint, task_id: str) -> KlingTask:
         """Read one task (`GET {endpoint}/{task_id}`).
@@ -270,13 +171,13 @@ class KlingClient:
         path = f"{ENDPOINT_PATHS[endpoint]}/{quote(task_id, safe='')}"
 
         def call(_attempt: int) -> KlingTask:
-            data = self._call_once("GET", path, "task status")
+            data = self._api.call("GET", path, "task status")
             try:
                 return task_from_api(data)
             except ValueError as err:
                 raise KlingTransientError(f"KLING task status: {err}") from None
 
-        return self._retrying(call)
+        return self._retry.run(call)
 
     def find_by_external_task_id(
         self, endpoint: Endpoint, external_task_id: str
@@ -287,11 +188,11 @@ class KlingClient:
             The task, or None when it is not among the newest `LOOKUP_MAX_PAGES x
             LOOKUP_PAGE_SIZE` tasks (then it was, in practice, never made).
         """
-        return self._retrying(lambda _attempt: self._find_once(endpoint, external_task_id))
+        return self._retry.run(lambda _attempt: self._find_once(endpoint, external_task_id))
 
     def _find_once(self, endpoint: Endpoint, external_task_id: str) -> KlingTask | None:
         for page in range(1, LOOKUP_MAX_PAGES + 1):
-            data = self._call_once(
+            data = self._api.call(
                 "GET",
                 ENDPOINT_PATHS[endpoint],
                 "task list",
@@ -342,7 +243,7 @@ class KlingClient:
             return response.content
 
         try:
-            return self._retrying(call)
+            return self._retry.run(call)
         except _Expired as err:
             raise KlingDownloadError(
                 f"KLING image download: HTTP {err.status} (the temporary image URL has expired"
@@ -362,26 +263,6 @@ class _Expired(KlingError):
     def __init__(self, status: int) -> None:
         super().__init__(f"HTTP {status}", http_status=status)
         self.status = status
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any]:
-    try:
-        value = response.json()
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _gave_up(err: KlingTransientError, attempts: int) -> KlingTransientError:
-    cls = type(err)
-    return cls(
-        f"{err} (gave up after {attempts} attempts)",
-        http_status=err.http_status,
-        code=err.code,
-        request_id=err.request_id,
-        retry_after=err.retry_after,
-        ambiguous=err.ambiguous,
-    )
 
 
 __all__ = [

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scene_pipeline.contract.script import ContractError
+from scene_pipeline.contract.script_parsing import ContractError
 
 SceneStatus = Literal["succeeded", "failed", "pending", "removed"]
 ScriptStatus = Literal["complete", "partial", "failed"]

@@ -16,13 +16,8 @@ from datetime import UTC, datetime
 from scene_pipeline.contract.outputs import Manifest, PortraitRecord
 from scene_pipeline.core.intake import read_accepted
 from scene_pipeline.core.operator import OperatorState, read_state
-from scene_pipeline.core.planning import (
-    Holdings,
-    Providers,
-    ScenePlanning,
-    Selection,
-    plan_scenes,
-)
+from scene_pipeline.core.planning import ScenePlanning, Selection, plan_scenes
+from scene_pipeline.core.planning_inputs import Holdings, Providers
 from scene_pipeline.core.portraits import PortraitPlanning, plan_portraits
 from scene_pipeline.core.sheets import current_looks, stored_sheet
 from scene_pipeline.models import AcceptedScript, CharacterSheet, StoredPrompt

@@ -175,7 +175,20 @@ def _decide(
     needs_run: Callable[[AcceptedScript], tuple[bool, str]],
 ) -> dict[str, str]:
     """Store accepted copies, write reports; returns key -> ETag of the objects handled."""
+    versions, reports = _group_reads(reads, outcome)
+    with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
+        accepted = list(pool.map(lambda g: _accept(bucket, g, needs_run), versions.values()))
+        written = list(pool.map(lambda item: _reject(bucket, prefix, item), reports))
     done: dict[str, str] = {}
+    _note_accepted(accepted, outcome, done)
+    _note_rejected(written, outcome, done, log)
+    return done
+
+
+def _group_reads(
+    reads: list[_Read], outcome: TickOutcome
+) -> tuple[dict[str, list[_Read]], list[_Read]]:
+    """The valid reads by script id and the rejected ones; failed reads go to `outcome`."""
     versions: dict[str, list[_Read]] = {}
     reports: list[_Read] = []
     for item in reads:
@@ -185,31 +198,41 @@ def _decide(
             reports.append(item)
         else:
             versions.setdefault(item.result.script.script_id, []).append(item)
+    return versions, reports
 
-    def accept(group: list[_Read]) -> tuple[list[_Read], Acceptance | None | StorageError]:
-        # Of one script's versions in this tick only the newest is stored (and run).
-        newest = max(group, key=lambda r: (r.info.last_modified, r.info.key))
-        assert isinstance(newest.result, AcceptedScript)
-        try:
-            stored = store_accepted(bucket, newest.result)
-            if not stored.stored:
-                return group, None
-            due, why = needs_run(newest.result)
-            return group, Acceptance(newest.result, newest.info.key, newest.etag, due, why)
-        except StorageError as err:
-            return group, err
 
-    def reject(item: _Read) -> tuple[_Read, bool | StorageError]:
-        assert isinstance(item.result, RejectionReport)
-        try:
-            key = layout.rejected_key(item.info.key, prefix)
-            return item, write_rejection_once(bucket, key, item.result)
-        except StorageError as err:
-            return item, err
+def _accept(
+    bucket: Bucket,
+    group: list[_Read],
+    needs_run: Callable[[AcceptedScript], tuple[bool, str]],
+) -> tuple[list[_Read], Acceptance | None | StorageError]:
+    # Of one script's versions in this tick only the newest is stored (and run).
+    newest = max(group, key=lambda r: (r.info.last_modified, r.info.key))
+    assert isinstance(newest.result, AcceptedScript)
+    try:
+        stored = store_accepted(bucket, newest.result)
+        if not stored.stored:
+            return group, None
+        due, why = needs_run(newest.result)
+        return group, Acceptance(newest.result, newest.info.key, newest.etag, due, why)
+    except StorageError as err:
+        return group, err
 
-    with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
-        accepted = list(pool.map(accept, versions.values()))
-        written = list(pool.map(reject, reports))
+
+def _reject(bucket: Bucket, prefix: str, item: _Read) -> tuple[_Read, bool | StorageError]:
+    assert isinstance(item.result, RejectionReport)
+    try:
+        key = layout.rejected_key(item.info.key, prefix)
+        return item, write_rejection_once(bucket, key, item.result)
+    except StorageError as err:
+        return item, err
+
+
+def _note_accepted(
+    accepted: list[tuple[list[_Read], Acceptance | None | StorageError]],
+    outcome: TickOutcome,
+    done: dict[str, str],
+) -> None:
     for group, result in accepted:
         if isinstance(result, StorageError):
             for item in group:
@@ -221,6 +244,14 @@ def _decide(
                 outcome.superseded.append(item.info.key)
         if result is not None:
             outcome.accepted.append(result)
+
+
+def _note_rejected(
+    written: list[tuple[_Read, bool | StorageError]],
+    outcome: TickOutcome,
+    done: dict[str, str],
+    log: Any,
+) -> None:
     for item, result in written:
         if isinstance(result, StorageError):
             outcome.failed[item.info.key] = (item.info.etag, f"writing the report failed: {result}")
@@ -231,7 +262,6 @@ def _decide(
         if result and isinstance(report, RejectionReport) and report.errors:
             first = report.errors[0]
             log.info(f"rejected {item.info.key}: {len(report.errors)} error(s), first {first}")
-    return done
 
 
 def _commit(

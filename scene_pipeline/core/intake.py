@@ -24,9 +24,9 @@ from pydantic import ValidationError
 
 from scene_pipeline.constants import MAX_SCRIPT_BYTES
 from scene_pipeline.contract.outputs import RejectionReport, SourceRef, utc_now
-from scene_pipeline.contract.script import (
+from scene_pipeline.contract.script import Script
+from scene_pipeline.contract.script_parsing import (
     ContractError,
-    Script,
     ScriptRejected,
     ScriptShape,
     parse_script,

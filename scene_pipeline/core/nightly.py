@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from scene_pipeline.contract.outputs import SceneEntry, utc_now
 from scene_pipeline.core.assessment import Assessment, NotAccepted, assess, load_view
-from scene_pipeline.core.planning import Providers, Selection
+from scene_pipeline.core.planning import Selection
+from scene_pipeline.core.planning_inputs import Providers
 from scene_pipeline.storage import Bucket, StorageError
 
 

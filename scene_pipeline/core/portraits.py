@@ -141,34 +141,60 @@ def plan_portraits(
             if forced or refresh_stale
             else _same_look_other_maker(refs, look_hash(look, script.options.style), read_record)
         )
-        if not forced and (drawn or kept):
-            ref = drawn[-1] if drawn else kept
-            assert ref is not None
-            planning.current[name] = _reused(name, key, ref)
-            planning.records_to_read[name] = ref.record_key
-            if not drawn:
-                planning.stale[name] = "drawn by other providers (kept until stale redraws)"
+        if not forced and _plan_reuse(planning, name, key, drawn, kept):
             continue
-        generation = generation_name(now, wanted, run_id)
-        planning.to_draw.append(
-            PortraitPlan(
-                script_id=script.script_id,
-                name=name,
-                character_key=key,
-                look=look,
-                style=script.options.style,
-                content_hash=wanted,
-                generation=generation,
-                external_task_id=external_task_id(script.script_id, f"portrait:{key}", generation),
-                forced=forced,
-            )
-        )
+        plan = _portrait_plan(script, name, key, look, wanted, forced, run_id=run_id, now=now)
+        planning.to_draw.append(plan)
         # Scenes are planned against the portrait this run is about to draw.
         planning.current[name] = Portrait(
-            name=name, character_key=key, content_hash=wanted, generation=generation,
+            name=name, character_key=key, content_hash=wanted, generation=plan.generation,
             status="pending",
         )  # fmt: skip
     return planning
+
+
+def _plan_reuse(
+    planning: PortraitPlanning,
+    name: str,
+    key: str,
+    drawn: list[GenerationRef],
+    kept: GenerationRef | None,
+) -> bool:
+    """Plan to reuse the latest portrait with the wanted hash, else the kept stale one (same
+    look, other providers); False when there is neither."""
+    ref = drawn[-1] if drawn else kept
+    if ref is None:
+        return False
+    planning.current[name] = _reused(name, key, ref)
+    planning.records_to_read[name] = ref.record_key
+    if not drawn:
+        planning.stale[name] = "drawn by other providers (kept until stale redraws)"
+    return True
+
+
+def _portrait_plan(
+    script: Script,
+    name: str,
+    key: str,
+    look: str,
+    wanted: str,
+    forced: bool,
+    *,
+    run_id: str,
+    now: datetime,
+) -> PortraitPlan:
+    generation = generation_name(now, wanted, run_id)
+    return PortraitPlan(
+        script_id=script.script_id,
+        name=name,
+        character_key=key,
+        look=look,
+        style=script.options.style,
+        content_hash=wanted,
+        generation=generation,
+        external_task_id=external_task_id(script.script_id, f"portrait:{key}", generation),
+        forced=forced,
+    )
 
 
 def portrait_from_record(record: PortraitRecord) -> Portrait:

@@ -1,5 +1,5 @@
-"""Rendering one scene (its prompt, then its picture) and drawing one portrait: the plain
-functions behind the `render_scene` and `draw_portrait` steps.
+"""Rendering one scene (its prompt, then its picture): the plain functions behind the
+`render_scene` step. Its `Tools` serve drawing a portrait too (core/portrait_drawing.py).
 
 A scene's picture is drawn from its prompt and the portraits of the characters present in it
 (most prominent first, at most the maker's limit). If its image hash already has a
@@ -13,25 +13,18 @@ from dataclasses import dataclass
 
 from scene_pipeline.contract.outputs import (
     GenerationRecord,
-    PortraitRecord,
     PromptProvenance,
     SceneEntry,
     utc_now,
 )
 from scene_pipeline.core import generations
-from scene_pipeline.core.hashing import image_hash, look_hash
+from scene_pipeline.core.hashing import image_hash
+from scene_pipeline.core.manifests import entry_from_record
 from scene_pipeline.core.naming import external_task_id, generation_name
 from scene_pipeline.core.outcomes import AccountStops, Attempt, Failed, StoppingSlots, guarded
-from scene_pipeline.core.planning import entry_from_record, portrait_ids, reference_names
-from scene_pipeline.core.portraits import (
-    PORTRAIT_ASPECT_RATIO,
-    PORTRAIT_NEGATIVE_PROMPT,
-    portrait_prompt,
-    reference_problem,
-)
+from scene_pipeline.core.planning_inputs import portrait_ids, reference_names
 from scene_pipeline.models import (
     Portrait,
-    PortraitPlan,
     PromptChoice,
     SceneOutcome,
     ScenePlan,
@@ -44,7 +37,6 @@ from scene_pipeline.providers.base import (
     ScenePromptRequest,
     SlotGate,
 )
-from scene_pipeline.providers.errors import SceneRejectedError
 from scene_pipeline.storage import Bucket, StoredTaskJournal, layout
 
 
@@ -70,21 +62,10 @@ def render_scene(
     attempt: Attempt,
 ) -> SceneOutcome:
     stops = AccountStops(tools.bucket, attempt.run_id)
-    prompt, prompt_status = (
-        plan.prompt,
-        ("override" if plan.prompt and plan.prompt.source == "override" else "reused"),
-    )
-    tokens = 0
-    if prompt is None:
-        stopped = stops.reason("prompt_writer")
-        if stopped:
-            return _failed(plan, None, f"prompt not attempted: {stopped}", "not written")
-        written = guarded(lambda: write_prompt(plan, tools), attempt, stops, "prompt_writer")
-        if isinstance(written, Failed):
-            return _failed(plan, None, f"prompt: {written.message}", "failed", written.refused)
-        prompt, prompt_status = written
-        if prompt.provenance and prompt.provenance.usage:
-            tokens = prompt.provenance.usage.total_tokens
+    prompted = _scene_prompt(plan, tools, attempt, stops)
+    if isinstance(prompted, SceneOutcome):
+        return prompted
+    prompt, prompt_status, tokens = prompted
 
     references = _references(plan, prompt, portraits, tools.maker.max_references)
     missing = [p for p in references if p.status != "succeeded" or not p.image_key]
@@ -101,16 +82,14 @@ def render_scene(
         tools.maker.identity,
         plan.aspect_ratio,
     )
-    if not plan.forced and i_hash in plan.drawn:
-        record = tools.bucket.read_model(plan.drawn[i_hash], GenerationRecord)
-        if record is not None:
-            entry = entry_from_record(record, tools.maker.identity.offline)
-            return SceneOutcome(
-                entry=entry,
-                prompt_status=prompt_status,
-                tokens=tokens,
-                thumbnails=_thumbnails(tools.bucket, plan.script_id, entry),
-            )
+    reused = _reused_entry(plan, i_hash, tools)
+    if reused is not None:
+        return SceneOutcome(
+            entry=reused,
+            prompt_status=prompt_status,
+            tokens=tokens,
+            thumbnails=_thumbnails(tools.bucket, plan.script_id, reused),
+        )
     stopped = stops.reason("image_maker")
     if stopped:
         return _failed(plan, prompt, f"image not attempted: {stopped}", prompt_status)
@@ -126,6 +105,37 @@ def render_scene(
         return _failed(plan, prompt, f"{what} {drawn.message}", prompt_status, drawn.refused)
     entry, thumbs = drawn
     return SceneOutcome(entry=entry, prompt_status=prompt_status, tokens=tokens, thumbnails=thumbs)
+
+
+def _scene_prompt(
+    plan: ScenePlan, tools: Tools, attempt: Attempt, stops: AccountStops
+) -> tuple[PromptChoice, str, int] | SceneOutcome:
+    """The scene's prompt, its status and the tokens spent writing it now; or, when it could
+    not be written, the scene's failed outcome."""
+    if plan.prompt is not None:
+        return plan.prompt, "override" if plan.prompt.source == "override" else "reused", 0
+    stopped = stops.reason("prompt_writer")
+    if stopped:
+        return _failed(plan, None, f"prompt not attempted: {stopped}", "not written")
+    written = guarded(lambda: write_prompt(plan, tools), attempt, stops, "prompt_writer")
+    if isinstance(written, Failed):
+        return _failed(plan, None, f"prompt: {written.message}", "failed", written.refused)
+    prompt, prompt_status = written
+    tokens = 0
+    if prompt.provenance and prompt.provenance.usage:
+        tokens = prompt.provenance.usage.total_tokens
+    return prompt, prompt_status, tokens
+
+
+def _reused_entry(plan: ScenePlan, i_hash: str, tools: Tools) -> SceneEntry | None:
+    """The entry of the generation this image hash already has (a rewritten prompt that came
+    out the same), unless the scene is forced or its record is gone."""
+    if plan.forced or i_hash not in plan.drawn:
+        return None
+    record = tools.bucket.read_model(plan.drawn[i_hash], GenerationRecord)
+    if record is None:
+        return None
+    return entry_from_record(record, tools.maker.identity.offline)
 
 
 def write_prompt(plan: ScenePlan, tools: Tools) -> tuple[PromptChoice, str]:
@@ -201,21 +211,8 @@ def _draw_scene(
         generation,
         own_only=plan.forced,
     )
-    image = tools.maker.make_image(
-        ImageRequest(
-            script_id=plan.script_id,
-            subject=f"scene {sid}",
-            content_hash=i_hash,
-            prompt=prompt.image_prompt,
-            negative_prompt=prompt.negative_prompt,
-            aspect_ratio=plan.aspect_ratio,
-            external_task_id=external_task_id(plan.script_id, sid, generation),
-            references=[bucket.read_bytes(p.image_key) for p in references if p.image_key],
-            n=plan.candidates,
-        ),
-        journal,
-        slots,
-    )
+    request = _scene_request(plan, prompt, references, i_hash, generation, bucket)
+    image = tools.maker.make_image(request, journal, slots)
     keys, uris, thumbs = generations.store_images(
         bucket, plan.script_id, ("scenes", sid), generation, image.pngs
     )
@@ -245,6 +242,28 @@ def _draw_scene(
     return entry_from_record(record, tools.maker.identity.offline), thumbs
 
 
+def _scene_request(
+    plan: ScenePlan,
+    prompt: PromptChoice,
+    references: list[Portrait],
+    i_hash: str,
+    generation: str,
+    bucket: Bucket,
+) -> ImageRequest:
+    sid = plan.scene.scene_id
+    return ImageRequest(
+        script_id=plan.script_id,
+        subject=f"scene {sid}",
+        content_hash=i_hash,
+        prompt=prompt.image_prompt,
+        negative_prompt=prompt.negative_prompt,
+        aspect_ratio=plan.aspect_ratio,
+        external_task_id=external_task_id(plan.script_id, sid, generation),
+        references=[bucket.read_bytes(p.image_key) for p in references if p.image_key],
+        n=plan.candidates,
+    )
+
+
 def _failed(
     plan: ScenePlan,
     prompt: PromptChoice | None,
@@ -271,86 +290,3 @@ def _failed(
 def _thumbnails(bucket: Bucket, script_id: str, entry: SceneEntry) -> list[str]:
     uris = entry.candidates or ([entry.image_s3url] if entry.image_s3url else [])
     return generations.thumbnails(bucket, script_id, ("scenes", entry.scene_id), uris)
-
-
-# -- portraits -------------------------------------------------------------------------------
-
-
-def draw_portrait(plan: PortraitPlan, tools: Tools, attempt: Attempt) -> Portrait:
-    """Draw one character's reference portrait (a failed portrait is returned, not raised)."""
-    stops = AccountStops(tools.bucket, attempt.run_id)
-    pending = Portrait(
-        name=plan.name,
-        character_key=plan.character_key,
-        content_hash=plan.content_hash,
-        generation=plan.generation,
-    )
-    stopped = stops.reason("image_maker")
-    if stopped:
-        return pending.model_copy(update={"status": "failed", "error": f"not attempted: {stopped}"})
-    slots = StoppingSlots(tools.slots, stops, "image_maker")
-    drawn = guarded(lambda: _draw_portrait(plan, tools, slots), attempt, stops, "image_maker")
-    if isinstance(drawn, Failed):
-        error = drawn.message if drawn.attempted else f"not attempted: {drawn.message}"
-        return pending.model_copy(update={"status": "failed", "error": error})
-    return drawn
-
-
-def _draw_portrait(plan: PortraitPlan, tools: Tools, slots: SlotGate) -> Portrait:
-    bucket, subject = tools.bucket, ("characters", plan.character_key)
-    journal = StoredTaskJournal(
-        bucket,
-        layout.task_key(plan.script_id, subject, plan.content_hash),
-        plan.generation,
-        own_only=plan.forced,
-    )
-    prompt = portrait_prompt(plan.look, plan.style)
-    image = tools.maker.make_image(
-        ImageRequest(
-            script_id=plan.script_id,
-            kind="portrait",
-            subject=f"portrait of {plan.name}",
-            content_hash=plan.content_hash,
-            prompt=prompt,
-            negative_prompt=PORTRAIT_NEGATIVE_PROMPT,
-            aspect_ratio=PORTRAIT_ASPECT_RATIO,
-            external_task_id=plan.external_task_id,
-        ),
-        journal,
-        slots,
-    )
-    problem = reference_problem(*generations.image_size(image.pngs[0]))
-    if problem:
-        # Every scene of the character would be refused with it: the portrait fails instead.
-        journal.clear()
-        raise SceneRejectedError(f"the drawn portrait cannot be a reference: {problem}")
-    keys, uris, _ = generations.store_images(
-        bucket, plan.script_id, subject, plan.generation, image.pngs
-    )
-    record = PortraitRecord(
-        script_id=plan.script_id,
-        generation=plan.generation,
-        content_hash=plan.content_hash,
-        image_prompt=prompt,
-        negative_prompt=PORTRAIT_NEGATIVE_PROMPT,
-        image_key=keys[0],
-        image_s3url=uris[0],
-        candidates=uris,
-        image=image.provenance,
-        created_at=utc_now(),
-        name=plan.name,
-        character_key=plan.character_key,
-        source="drawn",
-        look_hash=look_hash(plan.look, plan.style),
-    )
-    generations.write_record(bucket, subject, record)
-    journal.clear()
-    return Portrait(
-        name=plan.name,
-        character_key=plan.character_key,
-        content_hash=plan.content_hash,
-        generation=plan.generation,
-        image_key=keys[0],
-        uri=uris[0],
-        created_at=record.created_at,
-    )

@@ -16,13 +16,16 @@ from scene_pipeline.contract.outputs import (
     ProviderInfo,
     SceneEntry,
 )
+from scene_pipeline.contract.script import Script
 from scene_pipeline.core.assessment import Assessment, ScriptView, assess, load_view
-from scene_pipeline.core.manifests import build_manifest
+from scene_pipeline.core.manifests import build_manifest, entry_from_record, order_entries
 from scene_pipeline.core.operator import OperatorState, read_state
 from scene_pipeline.core.outcomes import AccountStops, Attempt, Failed, guarded
-from scene_pipeline.core.planning import Providers, Selection, entry_from_record, order_entries
+from scene_pipeline.core.planning import Selection
+from scene_pipeline.core.planning_inputs import Providers
+from scene_pipeline.core.portrait_drawing import draw_portrait
 from scene_pipeline.core.portraits import portrait_from_record
-from scene_pipeline.core.rendering import Tools, draw_portrait
+from scene_pipeline.core.rendering import Tools
 from scene_pipeline.core.sheets import SheetResult, ensure_sheet
 from scene_pipeline.models import AcceptedScript, Portrait, PortraitPlan
 from scene_pipeline.providers.base import PromptWriter
@@ -58,14 +61,7 @@ def prepare(
     and corrected by a later run).
     """
     script = accepted.script
-    stops = AccountStops(bucket, attempt.run_id)
-    result = guarded(
-        lambda: ensure_sheet(bucket, script, writer()), attempt, stops, "prompt_writer"
-    )
-    sheet_error = None
-    if isinstance(result, Failed):
-        sheet_error = result.message
-        result = ensure_sheet(bucket, script, writer(), write=False)
+    sheet, sheet_error = _sheet(bucket, script, writer, attempt)
     view = load_view(bucket, script.script_id, accepted)
     assessment = assess(
         bucket,
@@ -74,9 +70,34 @@ def prepare(
         selection,
         run_id=root_run_id,
         now=now,
-        sheet=result.sheet,
+        sheet=sheet.sheet,
         redraw_portraits=tuple(redraw_portraits),
     )
+    return Prepared(
+        sheet=sheet,
+        sheet_error=sheet_error,
+        view=view,
+        assessment=assessment,
+        portraits=_portraits(bucket, assessment),
+        carried_scenes=_carried_scenes(bucket, assessment, providers),
+    )
+
+
+def _sheet(
+    bucket: Bucket, script: Script, writer: Callable[[], PromptWriter], attempt: Attempt
+) -> tuple[SheetResult, str | None]:
+    """The character sheet, and why the writer gave up on it (then from the template)."""
+    stops = AccountStops(bucket, attempt.run_id)
+    result = guarded(
+        lambda: ensure_sheet(bucket, script, writer()), attempt, stops, "prompt_writer"
+    )
+    if isinstance(result, Failed):
+        return ensure_sheet(bucket, script, writer(), write=False), result.message
+    return result, None
+
+
+def _portraits(bucket: Bucket, assessment: Assessment) -> list[Portrait]:
+    """Every portrait scenes may reference, read from its record where it has one."""
     records = bucket.read_models(assessment.portraits.records_to_read.values(), PortraitRecord)
     portraits = []
     for name, portrait in assessment.portraits.current.items():
@@ -86,6 +107,13 @@ def prepare(
         elif portrait.image_key:
             portrait = portrait.model_copy(update={"uri": bucket.uri(portrait.image_key)})
         portraits.append(portrait)
+    return portraits
+
+
+def _carried_scenes(
+    bucket: Bucket, assessment: Assessment, providers: Providers
+) -> list[SceneEntry]:
+    """The entries of the scenes this run leaves as they are."""
     scene_records = bucket.read_models(assessment.scenes.records_to_read.values(), GenerationRecord)
     carried = list(assessment.scenes.carried)
     carried += [entry_from_record(r, providers.maker.offline) for r in scene_records.values()]
@@ -96,14 +124,7 @@ def prepare(
         for sid in assessment.scenes.records_to_read
         if sid not in read
     ]
-    return Prepared(
-        sheet=result,
-        sheet_error=sheet_error,
-        view=view,
-        assessment=assessment,
-        portraits=portraits,
-        carried_scenes=carried,
-    )
+    return carried
 
 
 def draw_portraits(plans: Sequence[PortraitPlan], tools: Tools, attempt: Attempt) -> list[Portrait]:

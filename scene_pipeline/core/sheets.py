@@ -85,20 +85,7 @@ def ensure_sheet(
     written = writer.write_character_sheet(script) if write else None
     answers = {look.name: look.look for look in written.looks} if written else {}
     fallback = written is None
-    looks: list[SheetLook] = []
-    for character in characters:
-        if character.name in valid:
-            looks.append(valid[character.name])
-            continue
-        text = answers.get(character.name)
-        looks.append(
-            SheetLook(
-                name=character.name,
-                look=text or template_look(character),
-                input_hash=look_input_hash(character, script.options.style, writer.identity),
-                fallback=fallback or text is None,
-            )
-        )
+    looks = _merged_looks(script, valid, answers, writer.identity, fallback=fallback)
     provenance = PromptProvenance(
         provider=writer.identity.provider,
         model=written.model if written else writer.identity.model,
@@ -116,3 +103,30 @@ def ensure_sheet(
     )
     bucket.write_model(character_sheet_key(script.script_id), sheet)
     return SheetResult(sheet=sheet, written=len(characters) - len(valid), reused=len(valid))
+
+
+def _merged_looks(
+    script: Script,
+    valid: dict[str, SheetLook],
+    answers: dict[str, str],
+    writer: ProviderIdentity,
+    *,
+    fallback: bool,
+) -> list[SheetLook]:
+    """Every character's look: the still valid one, else the writer's answer, else the
+    template's (marked as a fallback)."""
+    looks: list[SheetLook] = []
+    for character in script.script_metadata.characters:
+        if character.name in valid:
+            looks.append(valid[character.name])
+            continue
+        text = answers.get(character.name)
+        looks.append(
+            SheetLook(
+                name=character.name,
+                look=text or template_look(character),
+                input_hash=look_input_hash(character, script.options.style, writer),
+                fallback=fallback or text is None,
+            )
+        )
+    return looks

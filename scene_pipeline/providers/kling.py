@@ -3,15 +3,10 @@
 Flow of `make_image` (the account's slots are held from submit until the task has finished;
 the download happens after):
 
-1. The journal names a task (`task_id`): resume polling it; a killed step never pays twice.
-2. The journal says `submitting` (a POST whose answer may be lost): look the external id up
-   among the recent tasks before submitting.
-3. Otherwise note `submitting`, submit, note `submitted` with the task id, and poll at a
-   steady interval until `succeed`/`failed` or the deadline.
-4. `failed` for moderation or policy fails the request (refused); any other failure is
-   resubmitted at most `max_resubmits` times with a derived external id (`<id>-r1`, ...).
-5. `succeed`: download every image at once (URLs are temporary). A 403/404 means the URL
-   expired: the task is read again for fresh URLs; a succeeded task is never paid again.
+1. Bring the request's task to `succeed`: resume the one the task journal names, submit at
+   most once per external id, poll, resubmit after a failure (providers/kling_lifecycle.py).
+2. Download every image at once (URLs are temporary). A 403/404 means the URL expired: the
+   task is read again for fresh URLs; a succeeded task is never paid again.
 
 Scenes with reference portraits use `multi-image2image` (the portraits as `subject_image_list`,
 in order) and are polled at that endpoint's own path; others use text-to-image.
@@ -39,7 +34,6 @@ from scene_pipeline.clients.kling import (
     KlingTransientError,
     encode_image,
 )
-from scene_pipeline.clients.kling_errors import sanitise_message
 from scene_pipeline.clients.kling_tasks import Endpoint
 from scene_pipeline.constants import KLING_MAX_REFERENCES
 from scene_pipeline.contract.outputs import ImageProvenance
@@ -56,27 +50,12 @@ from scene_pipeline.providers.errors import (
     SceneRejectedError,
     TransientProviderError,
 )
+from scene_pipeline.providers.kling_lifecycle import KlingTaskRunner
 from scene_pipeline.providers.png import as_png
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_RESUBMITS: Final = 2
-# Words in `task_status_msg` that mean moderation or policy (KLING's wording varies).
-MODERATION_HINTS: Final = (
-    "moderation",
-    "policy",
-    "risk control",
-    "sensitive",
-    "violat",
-    "inappropriate",
-    "prohibited",
-    "unsafe",
-)
-
-
-def is_moderation_message(message: str) -> bool:
-    lowered = message.lower()
-    return any(hint in lowered for hint in MODERATION_HINTS)
 
 
 @contextmanager
@@ -94,16 +73,6 @@ def provider_errors() -> Iterator[None]:
         raise TransientProviderError(str(err)) from None
     except KlingError as err:  # pragma: no cover - every KlingError is one of the above
         raise TransientProviderError(str(err)) from None
-
-
-def _entry(state: str, external_id: str, attempt: int, endpoint: Endpoint, **more: str) -> dict:
-    return {
-        "state": state,
-        "external_task_id": external_id,
-        "attempt": str(attempt),
-        "endpoint": endpoint,
-        **more,
-    }
 
 
 def _from_ms(value: int | None) -> datetime | None:
@@ -140,11 +109,15 @@ class KlingImageMaker:
         self._client = client
         self._model = model
         self._reference_model = reference_model
-        self._timeout = task_timeout_seconds
-        self._poll_interval = poll_interval_seconds
-        self._max_resubmits = max_resubmits
-        self._sleep = sleep
         self._monotonic = monotonic
+        self._tasks = KlingTaskRunner(
+            client,
+            task_timeout_seconds=task_timeout_seconds,
+            poll_interval_seconds=poll_interval_seconds,
+            max_resubmits=max_resubmits,
+            sleep=sleep,
+            monotonic=monotonic,
+        )
 
     def __repr__(self) -> str:
         return f"KlingImageMaker(model={self._model!r}, client={self._client!r})"
@@ -167,13 +140,19 @@ class KlingImageMaker:
         endpoint: Endpoint = "multi-image2image" if with_references else "generations"
         # The gate sees the pipeline's error kinds (an account error ends the hold).
         with slots.hold(request.n), provider_errors():
-            task, attempt, external_id = self._finished_task(request, journal, endpoint)
+            task, attempt, external_id = self._tasks.finished_task(
+                request, journal, endpoint, lambda eid: self._body(request, eid, endpoint)
+            )
         with provider_errors():
             pngs, width, height = self._fetch_images(task, request.n, endpoint)
-        now = datetime.now(UTC)
-        submitted_at = _from_ms(task.created_at) or now
-        finished_at = _from_ms(task.updated_at) or now
-        duration = (finished_at - submitted_at).total_seconds()
+        provenance = self._provenance(
+            task,
+            attempt,
+            external_id,
+            self._reference_model if with_references else self._model,
+            (width, height),
+            started,
+        )
         logger.info(
             "KLING task %s for %s: %d image(s) %dx%d after %d attempt(s)",
             task.task_id,
@@ -183,81 +162,37 @@ class KlingImageMaker:
             height,
             attempt,
         )
-        return GeneratedImage(
-            pngs=pngs,
-            provenance=ImageProvenance(
-                provider=self.identity.provider,
-                model=self._reference_model if with_references else self._model,
-                task_id=task.task_id,
-                external_task_id=external_id,
-                attempts=attempt,
-                submitted_at=submitted_at,
-                finished_at=finished_at,
-                duration_seconds=round(
-                    duration if duration >= 0 else self._monotonic() - started, 3
-                ),
-                final_unit_deduction=task.final_unit_deduction,
-                width=width,
-                height=height,
-            ),
+        return GeneratedImage(pngs=pngs, provenance=provenance)
+
+    def _provenance(
+        self,
+        task: KlingTask,
+        attempt: int,
+        external_id: str,
+        model: str | None,
+        size: tuple[int, int],
+        started: float,
+    ) -> ImageProvenance:
+        """Where the pictures came from, timed by KLING's own clock when the task says."""
+        now = datetime.now(UTC)
+        submitted_at = _from_ms(task.created_at) or now
+        finished_at = _from_ms(task.updated_at) or now
+        duration = (finished_at - submitted_at).total_seconds()
+        return ImageProvenance(
+            provider=self.identity.provider,
+            model=model,
+            task_id=task.task_id,
+            external_task_id=external_id,
+            attempts=attempt,
+            submitted_at=submitted_at,
+            finished_at=finished_at,
+            duration_seconds=round(duration if duration >= 0 else self._monotonic() - started, 3),
+            final_unit_deduction=task.final_unit_deduction,
+            width=size[0],
+            height=size[1],
         )
 
-    # -- the task ----------------------------------------------------------------------------
-
-    def _finished_task(
-        self, request: ImageRequest, journal: TaskJournal, endpoint: Endpoint
-    ) -> tuple[KlingTask, int, str]:
-        """A task that ended `succeed`, with its attempt number and external id."""
-        entry = journal.load() or {}
-        if entry.get("endpoint", endpoint) != endpoint:
-            entry = {}  # a task of the other endpoint cannot be this request's
-        attempt = max(1, int(entry.get("attempt", "1") or 1))
-        external_id = entry.get("external_task_id") or request.external_task_id
-        task: KlingTask | None = None
-        if entry.get("task_id"):
-            task = self._read(endpoint, entry["task_id"], journal)
-            logger.info("KLING: resuming task %s (%s)", task.task_id, task.task_status)
-            if entry.get("state") == "timed_out" and not task.finished:
-                # It had its full deadline once already: abandon it and pay for a new one.
-                logger.warning("KLING task %s still unfinished; abandoning it", task.task_id)
-                attempt, external_id = self._next_attempt(
-                    request, journal, attempt, f"task {task.task_id} timed out and still runs"
-                )
-                task = None
-        elif entry.get("state") == "submitting":
-            task = self._client.find_by_external_task_id(endpoint, external_id)
-            if task is not None:
-                logger.info("KLING: found task %s of a submit whose answer was lost", task.task_id)
-                journal.save(
-                    _entry("submitted", external_id, attempt, endpoint, task_id=task.task_id)
-                )
-        while True:
-            if task is None:
-                task = self._submit(request, journal, external_id, attempt, endpoint)
-            task = self._wait(task, journal, external_id, attempt, endpoint)
-            if task.task_status == "succeed":
-                return task, attempt, external_id
-            reason = sanitise_message(task.task_status_msg) or "no reason given"
-            if is_moderation_message(reason):
-                journal.clear()  # nothing to resume: a later run starts afresh
-                raise SceneRejectedError(
-                    f"KLING content moderation rejected the image (task {task.task_id}): {reason}",
-                    refused=True,
-                )
-            attempt, external_id = self._next_attempt(request, journal, attempt, reason)
-            task = None
-
-    def _next_attempt(
-        self, request: ImageRequest, journal: TaskJournal, attempt: int, reason: str
-    ) -> tuple[int, str]:
-        if attempt > self._max_resubmits:
-            journal.clear()
-            raise SceneRejectedError(
-                f"KLING task failed {attempt} time(s), giving up for this run: {reason}"
-            )
-        logger.warning("KLING task failed (%s); resubmitting (attempt %d)", reason, attempt + 1)
-        # A fresh id: KLING refuses a used one, and the failed task keeps its own.
-        return attempt + 1, f"{request.external_task_id}-r{attempt}"
+    # -- the request -------------------------------------------------------------------------
 
     def _body(self, request: ImageRequest, external_id: str, endpoint: Endpoint) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -277,62 +212,6 @@ class KlingImageMaker:
             if request.negative_prompt:
                 body["negative_prompt"] = request.negative_prompt
         return body
-
-    def _submit(
-        self,
-        request: ImageRequest,
-        journal: TaskJournal,
-        external_id: str,
-        attempt: int,
-        endpoint: Endpoint,
-    ) -> KlingTask:
-        # Noted before the POST: if its answer is lost, the next attempt looks the id up.
-        journal.save(_entry("submitting", external_id, attempt, endpoint))
-        try:
-            task = self._client.submit(endpoint, self._body(request, external_id, endpoint))
-        except (KlingRequestError, KlingAccountError):
-            journal.clear()  # refused: no task was made, nothing to resume
-            raise
-        journal.save(_entry("submitted", external_id, attempt, endpoint, task_id=task.task_id))
-        logger.info("KLING: submitted task %s for %s", task.task_id, request.subject)
-        return task
-
-    def _read(self, endpoint: Endpoint, task_id: str, journal: TaskJournal) -> KlingTask:
-        try:
-            return self._client.get_task(endpoint, task_id)
-        except KlingRequestError as err:
-            # The journal names a task KLING does not know (another account, or expired).
-            journal.clear()
-            raise SceneRejectedError(
-                f"KLING task {task_id} from the task journal cannot be read ({err}); the next"
-                " run submits a new task"
-            ) from None
-
-    def _wait(
-        self,
-        task: KlingTask,
-        journal: TaskJournal,
-        external_id: str,
-        attempt: int,
-        endpoint: Endpoint,
-    ) -> KlingTask:
-        deadline = self._monotonic() + self._timeout
-        while not task.finished:
-            remaining = deadline - self._monotonic()
-            if remaining <= 0:
-                journal.save(
-                    _entry("timed_out", external_id, attempt, endpoint, task_id=task.task_id)
-                )
-                raise SceneRejectedError(
-                    f"KLING task {task.task_id} timed out after {self._timeout:g} s (still"
-                    f" {task.task_status}); the next run looks at it once more before"
-                    " submitting a new one"
-                )
-            # A steady interval: the task holds account slots, so seeing it finish late costs
-            # more than a GET every few seconds (measured in bench/).
-            self._sleep(min(self._poll_interval, remaining))
-            task = self._read(endpoint, task.task_id, journal)
-        return task
 
     # -- the images --------------------------------------------------------------------------
 
@@ -369,4 +248,4 @@ class KlingImageMaker:
             raise TransientProviderError(f"KLING image of task {task.task_id} is {err}") from None
 
 
-__all__ = ["KlingImageMaker", "ProviderError", "is_moderation_message"]
+__all__ = ["KlingImageMaker", "ProviderError"]

@@ -142,36 +142,12 @@ class OpenAIImagesMaker:
             AccountError: bad key, no quota, unknown model.
         """
         del journal, slots  # synchronous API: no task in flight, no account slots to share
-        import openai
-
         what = f"image of {request.subject}"
         size = nearest_size(request.aspect_ratio, self.sizes)
-        prompt = request.prompt.strip()
-        if self.append_negative_prompt and request.negative_prompt.strip():
-            prompt = f"{prompt}\n\nAvoid: {request.negative_prompt.strip()}."
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "prompt": prompt,
-            "size": size,
-            "n": request.n,
-        }
-        if self.response_format:
-            kwargs["response_format"] = self.response_format
-
+        arguments = self._arguments(request, size)
         submitted_at = datetime.now(UTC)
         started = time.monotonic()
-        try:
-            if request.references:
-                images = [
-                    (f"reference-{i}.png", png, "image/png")
-                    for i, png in enumerate(request.references[:MAX_REFERENCES], start=1)
-                ]
-                raw = self._client.images.with_raw_response.edit(image=images, **kwargs)
-            else:
-                raw = self._client.images.with_raw_response.generate(**kwargs)
-            answer = raw.parse()
-        except openai.OpenAIError as err:
-            self._raise_mapped(err, what)
+        raw, answer = self._ask(request, arguments, what)
         if not answer.data or len(answer.data) < request.n:
             raise TransientProviderError(
                 f"{what}: the answer contained {len(answer.data or [])} of {request.n} images"
@@ -183,7 +159,6 @@ class OpenAIImagesMaker:
         if (width, height) != parse_size(size):
             logger.info("%s: asked for %s, got %dx%d", what, size, width, height)
 
-        usage = answer.usage
         return GeneratedImage(
             pngs=pngs,
             provenance=ImageProvenance(
@@ -196,16 +171,45 @@ class OpenAIImagesMaker:
                 finished_at=datetime.now(UTC),
                 duration_seconds=round(time.monotonic() - started, 3),
                 # The contract has no token field for images; this is the billed-units slot.
-                final_unit_deduction=(
-                    f"{usage.total_tokens} tokens (input {usage.input_tokens},"
-                    f" output {usage.output_tokens})"
-                    if usage is not None
-                    else None
-                ),
+                final_unit_deduction=_billed_units(answer.usage),
                 width=width,
                 height=height,
             ),
         )
+
+    def _arguments(self, request: ImageRequest, size: str) -> dict[str, Any]:
+        """The API call's arguments; the negative prompt joins the prompt (see the module
+        docstring)."""
+        prompt = request.prompt.strip()
+        if self.append_negative_prompt and request.negative_prompt.strip():
+            prompt = f"{prompt}\n\nAvoid: {request.negative_prompt.strip()}."
+        arguments: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "size": size,
+            "n": request.n,
+        }
+        if self.response_format:
+            arguments["response_format"] = self.response_format
+        return arguments
+
+    def _ask(self, request: ImageRequest, arguments: dict[str, Any], what: str) -> tuple[Any, Any]:
+        """(the raw response, its parsed answer): `images.edit` with the references as input
+        images, else `images.generate`."""
+        import openai
+
+        try:
+            if request.references:
+                images = [
+                    (f"reference-{i}.png", png, "image/png")
+                    for i, png in enumerate(request.references[:MAX_REFERENCES], start=1)
+                ]
+                raw = self._client.images.with_raw_response.edit(image=images, **arguments)
+            else:
+                raw = self._client.images.with_raw_response.generate(**arguments)
+            return raw, raw.parse()
+        except openai.OpenAIError as err:
+            self._raise_mapped(err, what)
 
     def _picture(self, item: Any, what: str) -> tuple[bytes, int, int]:
         if item.b64_json:
@@ -253,3 +257,9 @@ class OpenAIImagesMaker:
         mapped = map_openai_error(err, what, self._secret)  # type: ignore[arg-type]
         logger.debug("%s: %s -> %s", what, type(err).__name__, type(mapped).__name__)
         raise mapped from None
+
+
+def _billed_units(usage: Any) -> str | None:
+    if usage is None:
+        return None
+    return f"{usage.total_tokens} tokens (input {usage.input_tokens}, output {usage.output_tokens})"

@@ -16,7 +16,7 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from scene_pipeline.constants import KLING_MAX_REFERENCES, KLING_PROMPT_LIMIT
-from scene_pipeline.core.planning import Providers
+from scene_pipeline.core.planning_inputs import Providers
 from scene_pipeline.providers import identities
 from scene_pipeline.providers.base import ImageMaker, PromptWriter, ProviderIdentity
 
