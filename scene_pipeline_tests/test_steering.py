@@ -567,13 +567,25 @@ def test_a_prompt_override_redraws_one_scene_and_is_kept_until_cleared(
 # -- picks ------------------------------------------------------------------------------------
 
 
-def test_a_pick_shows_another_candidate_without_paying_and_is_kept(drawn: Setup) -> None:
+def test_a_pick_shows_another_candidate_without_paying_and_is_kept(
+    drawn: Setup, tmp_path: Path
+) -> None:
     before = snapshot(drawn.storage)
     scene = scenes_of(manifest_of(drawn.storage))["2"]
+    home = tmp_path / "dagster"
+    home.mkdir()
 
-    done = ok(cli("pick", SCRIPT_ID, "2", "2", env=drawn.env))
+    done = ok(cli("pick", SCRIPT_ID, "2", "2", env={**drawn.env, "DAGSTER_HOME": str(home)}))
     assert "candidate 2 of 3" in done.stdout
     assert drawn.paid_nothing()
+    # The UI's manifest asset shows the pick (a materialization without a run).
+    with DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(AssetKey("manifest"))
+        assert event is not None and event.run_id == ""
+        shown = event.asset_materialization
+        assert shown.partition == SCRIPT_ID and "candidate 2 picked" in shown.description
+        rows = {r.data["scene_id"]: r.data for r in shown.metadata["scenes"].value.records}
+        assert rows["2"]["picked"] == 2
     picked = scenes_of(manifest_of(drawn.storage))["2"]
     assert picked["picked"] == 2 and picked["image_s3url"] == scene["candidates"][1]
     assert picked["candidates"] == scene["candidates"]

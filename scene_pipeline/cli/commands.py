@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from argparse import Namespace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,6 +164,11 @@ def pick(args: Namespace) -> int:
         f" {len(entry.candidates)}:"
     )
     say(f"  {entry.image_s3url}")
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        from scene_pipeline.cli.instance import report_manifest
+
+        report_manifest(home, manifest, f"scene {args.scene_id}: candidate {entry.picked} picked")
     return EXIT_OK
 
 

@@ -189,6 +189,25 @@ def execute_scene_job(
         return result.success, result.run_id
 
 
+def report_manifest(dagster_home: str, manifest: Any, why: str) -> None:
+    """A `manifest` materialization for a change made without a run (a pick), so that the
+    UI shows the manifest the backend reads."""
+    from dagster import AssetMaterialization
+
+    from scene_pipeline.assets.publish import manifest_metadata
+
+    with cli_instance(dagster_home) as instance:
+        add_partition(instance, manifest.script_id)
+        instance.report_runless_asset_event(
+            AssetMaterialization(
+                asset_key="manifest",
+                partition=manifest.script_id,
+                description=why,
+                metadata=manifest_metadata(manifest),
+            )
+        )
+
+
 def report_accepted(instance: Any, accepted: Any) -> None:
     """The `script_document` materialization of a version the CLI accepted."""
     from scene_pipeline.assets.script import accepted_event
