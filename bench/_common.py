@@ -56,11 +56,6 @@ PIPELINE_ENV = (
     "https_proxy",
 )
 
-NOOP_COMPUTE_LOGS = {
-    "module": "dagster._core.storage.noop_compute_log_manager",
-    "class": "NoOpComputeLogManager",
-}
-
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in PIPELINE_ENV}
@@ -134,18 +129,20 @@ def provider_env(
 
 
 def write_dagster_yaml(
-    home: Path, max_concurrent_runs: int | None = None, noop_compute_logs: bool = False
+    home: Path, max_concurrent_runs: int | None = None, local_compute_logs: bool = False
 ) -> dict[str, Any]:
     """dagster.yaml of a temporary instance: the repository's own `dagster.yaml` (run queue
-    with one run per script, run monitoring, managed loggers; no `kling` pool limit: every run
-    sets it from KLING_MAX_CONCURRENCY), written as JSON (which is YAML)."""
+    with one run per script, run monitoring, managed loggers, no captured step output; no
+    `kling` pool limit: every run sets it from KLING_MAX_CONCURRENCY), written as JSON (which
+    is YAML). `local_compute_logs`: Dagster's default compute log manager instead (as the
+    deployed instance has), for a comparison."""
     import yaml
 
     config: dict[str, Any] = yaml.safe_load((REPO / "dagster.yaml").read_text())
     if max_concurrent_runs is not None:
         config["concurrency"]["runs"]["max_concurrent_runs"] = max_concurrent_runs
-    if noop_compute_logs:
-        config["compute_logs"] = NOOP_COMPUTE_LOGS
+    if local_compute_logs:
+        config.pop("compute_logs", None)
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(json.dumps(config, indent=2))
     return config
@@ -570,14 +567,14 @@ def cli_setup(
     limit: int,
     poll: float,
     portraits: bool,
-    noop_compute_logs: bool = False,
+    local_compute_logs: bool = False,
 ) -> Iterator[CliSetup]:
     """Everything a CLI benchmark needs, in a temporary folder removed at the end: the fakes
     (stopped at the end), the script file, local storage, a DAGSTER_HOME with the repository's
     dagster.yaml, and the environment of the CLI."""
     with temp_dir(f"bench-{name}-") as tmp, fake_providers(latency, limit) as (kling, openai):
         home = tmp / "dagster_home"
-        write_dagster_yaml(home, noop_compute_logs=noop_compute_logs)
+        write_dagster_yaml(home, local_compute_logs=local_compute_logs)
         env = provider_env(
             kling, openai, tmp / "storage", limit, poll, portraits=portraits, dagster_home=home
         )

@@ -1,6 +1,6 @@
 """Memory of a big run: one `scene-pipeline run` of a 200-scene script against the fake KLING
-and the fake OpenAI, with a temporary DAGSTER_HOME (the repository's dagster.yaml, so Dagster's
-default compute log manager: a `tail -F` and a watch_orphans.py helper per step process).
+and the fake OpenAI, with a temporary DAGSTER_HOME (the repository's dagster.yaml: no captured
+step output, so no `tail -F` helpers; `--local-compute-logs` for Dagster's default).
 
 The CLI's process tree (the CLI/orchestrator, the forkserver, the step processes and their
 helpers) is sampled every 0.25 s from /proc (psutil is not a dependency): the summed PSS
@@ -9,7 +9,7 @@ helpers) is sampled every 0.25 s from /proc (psutil is not a dependency): the su
 their summed PSS at the total's peak and each one's peak RSS (VmHWM).
 
 Target: the peak of the summed PSS <= 1.5 GiB. C = 8 by default (KLING_MAX_CONCURRENCY's
-default is 5): the multiprocess executor runs at most C + 2 steps at once, so a larger C is
+default is 5): the multiprocess executor runs at most 2C steps at once, so a larger C is
 the harder case. L = 0.5 s: the run is short and its processes come and go quickly.
 
     python bench/memory.py               # --quick (= --full): 200 scenes (~3 minutes)
@@ -38,7 +38,7 @@ TARGET_GIB = 1.5
 
 
 def measure(
-    scenes: int, limit: int, latency: float, portraits: bool, noop_compute_logs: bool
+    scenes: int, limit: int, latency: float, portraits: bool, local_compute_logs: bool
 ) -> dict[str, Any]:
     with cli_setup(
         "memory",
@@ -47,7 +47,7 @@ def measure(
         limit=limit,
         poll=0.1,
         portraits=portraits,
-        noop_compute_logs=noop_compute_logs,
+        local_compute_logs=local_compute_logs,
     ) as setup:
         run = setup.run(sample_memory=True, timeout=3600)
         run.check("scene-pipeline run")
@@ -59,7 +59,7 @@ def measure(
         "limit": limit,
         "latency": latency,
         "portraits": portraits,
-        "noop_compute_logs": noop_compute_logs,
+        "local_compute_logs": local_compute_logs,
         "wall": run.wall,
         "paid": vars(paid),
         "samples": tree.samples,
@@ -116,14 +116,16 @@ def report(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, "the target case", scenes=SCENES, limit=LIMIT, latency=LATENCY)
     parser.add_argument(
-        "--noop-compute-logs", action="store_true", help="no tail -F helpers per step"
+        "--local-compute-logs",
+        action="store_true",
+        help="Dagster's default compute log manager (a tail -F helper per step)",
     )
     args = parser.parse_args(argv)
     stop_on_sigterm()
 
     print(f"machine: {machine_line()}", flush=True)
     r = measure(
-        args.scenes, args.limit, args.latency, args.portraits == "on", args.noop_compute_logs
+        args.scenes, args.limit, args.latency, args.portraits == "on", args.local_compute_logs
     )
     print(report(r))
     print(f"machine after: {r['load_after']}")
