@@ -3,12 +3,15 @@ candidates, picks, prompt overrides, and what operators see in the UI.
 
 No `from __future__ import annotations`: the resources below are Dagster config classes."""
 
+import base64
+import io
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, materialize
+from PIL import Image, ImageStat
 from pydantic import Field
 
 from scene_pipeline.assets import all_assets
@@ -131,6 +134,32 @@ class CountingMakerResource(OfflineImageMakerResource):
         return CountingMaker(long_side=self.long_side)
 
 
+class PortraitRefusingMaker(PlaceholderImageMaker):
+    """The offline maker, refusing the portrait of one character (a request the provider
+    cannot do); draws everything else and records every request it is asked."""
+
+    requests: list[ImageRequest] = []
+
+    def __init__(self, character: str, long_side: int) -> None:
+        super().__init__(long_side=long_side)
+        self.character = character
+
+    def make_image(
+        self, request: ImageRequest, journal: TaskJournal, slots: SlotGate
+    ) -> GeneratedImage:
+        PortraitRefusingMaker.requests.append(request)
+        if request.kind == "portrait" and self.character in request.subject:
+            raise SceneRejectedError(f"invalid request: {request.subject} refused")
+        return super().make_image(request, journal, slots)
+
+
+class PortraitRefusingResource(OfflineImageMakerResource):
+    character: str
+
+    def _build(self) -> ImageMaker:
+        return PortraitRefusingMaker(self.character, long_side=self.long_side)
+
+
 # -- fixtures and helpers ---------------------------------------------------------------------
 
 
@@ -179,6 +208,36 @@ def scene_pngs(bucket: BucketResource, script_id: str) -> list[str]:
     return [
         k for k in keys(bucket.get_bucket(), f"results/{script_id}/scenes/") if k.endswith(".png")
     ]
+
+
+def latest_metadata(instance: DagsterInstance, asset: str) -> dict[str, Any]:
+    """The metadata of the asset's latest materialization, as the UI shows it."""
+    event = instance.get_latest_materialization_event(AssetKey(asset))
+    assert event is not None and event.asset_materialization is not None, asset
+    return dict(event.asset_materialization.metadata)
+
+
+def portrait_rows(gallery: str) -> dict[str, tuple[str, str, str]]:
+    """character -> (source, status, portrait cell) of the `character_portraits` gallery."""
+    rows = {}
+    for line in gallery.splitlines()[2:]:
+        name, source, status, shown = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[name] = (source, status, shown)
+    return rows
+
+
+def thumbnail_of(cell: str, alt: str) -> Image.Image:
+    """The one picture of a markdown cell, `![alt](data:image/jpeg;base64,...)`, decoded."""
+    pattern = rf"!\[{re.escape(alt)}\]\(data:image/jpeg;base64,([A-Za-z0-9+/=]+)\)"
+    found = re.fullmatch(pattern, cell)
+    assert found, cell[:120]
+    with Image.open(io.BytesIO(base64.b64decode(found.group(1)))) as image:
+        assert image.format == "JPEG"
+        return image.convert("RGB")
+
+
+def mean_colour(image: Image.Image) -> list[float]:
+    return ImageStat.Stat(image).mean
 
 
 # -- one script, one picture per scene --------------------------------------------------------
@@ -260,6 +319,39 @@ def test_the_scene_images_gallery_shows_every_scene(instance, bucket) -> None:
     assert gallery.count("](data:image/jpeg;base64,") == 3  # one thumbnail per scene
 
 
+def test_the_portraits_gallery_shows_each_portrait_and_whether_it_was_drawn_or_uploaded(
+    instance, bucket
+) -> None:
+    """README "Operating": `character_portraits` shows every portrait with its source, so an
+    operator can see in the UI which reference each character's scenes are drawn with, and
+    that an upload replaced the drawn one."""
+    script_id = accept(bucket, example("rooftop_cat.json"), instance)
+    run_script(instance, bucket, script_id)
+    drawn = latest_metadata(instance, "character_portraits")
+    rows = portrait_rows(drawn["gallery"].value)
+    assert set(rows) == {"지우", "고양이"}
+    for name, (source, status, shown) in rows.items():
+        assert (source, status) == ("drawn", "succeeded"), name
+        assert max(thumbnail_of(shown, f"{name} 1").size) == 128  # a thumbnail, not the PNG
+    assert drawn["portraits"].value == 2 and drawn["uploaded"].value == 0
+    drawn_cat = thumbnail_of(rows["고양이"][2], "고양이 1")
+
+    # An operator's own picture of the cat (plain green), pinned from the run config.
+    upload = io.BytesIO()
+    Image.new("RGB", (400, 600), (20, 160, 60)).save(upload, format="PNG")
+    bucket.get_bucket().write_bytes("uploads/cat.png", upload.getvalue(), "image/png")
+    run_script(instance, bucket, script_id, portrait_uploads={"고양이": "uploads/cat.png"})
+    uploaded = latest_metadata(instance, "character_portraits")
+    rows = portrait_rows(uploaded["gallery"].value)
+    assert rows["고양이"][:2] == ("uploaded", "succeeded")
+    assert rows["지우"][:2] == ("drawn", "succeeded")
+    # The cat's thumbnail is the upload's (green), no longer the drawn portrait's.
+    cat = mean_colour(thumbnail_of(rows["고양이"][2], "고양이 1"))
+    assert max(abs(got - want) for got, want in zip(cat, (20, 160, 60), strict=True)) < 12
+    assert max(abs(got - was) for got, was in zip(cat, mean_colour(drawn_cat), strict=True)) > 12
+    assert uploaded["portraits"].value == 2 and uploaded["uploaded"].value == 1
+
+
 def test_an_unchanged_script_costs_nothing_the_second_time(instance, bucket, counting) -> None:
     script_id = accept(bucket, example("rooftop_cat.json"), instance)
     first = run_script(instance, bucket, script_id, image_maker=counting)
@@ -298,6 +390,30 @@ def test_forcing_one_scene_adds_one_generation(instance, bucket) -> None:
         k: v.generation for k, v in first.items() if k != "3-key"
     }
     assert len(keys(bucket.get_bucket(), "results/rooftop-cat/scenes/3-key/")) == 4
+
+
+def test_the_plan_shows_how_many_scenes_are_stale_and_why(instance, bucket, counting) -> None:
+    """A configuration change (here the reference mode switched off) keeps the pictures drawn
+    under the old one: they are stale, not redrawn. The run's plan, shown on
+    `character_portraits`, counts them and says why for each, so that an operator sees what
+    `refresh_stale` would pay for."""
+    script_id = accept(bucket, example("rooftop_cat.json"), instance)
+    first = by_id(run_script(instance, bucket, script_id, image_maker=counting))
+    plan = latest_metadata(instance, "character_portraits")
+    assert plan["scenes_stale"].value == 0 and plan["stale"].value == "-"
+    paid = len(CountingMaker.requests)
+
+    text_only = CountingMakerResource(long_side=480, references=False)
+    kept = by_id(run_script(instance, bucket, script_id, image_maker=text_only))
+    assert len(CountingMaker.requests) == paid
+    assert {k: e.generation for k, e in kept.items()} == {k: e.generation for k, e in first.items()}
+    plan = latest_metadata(instance, "character_portraits")
+    assert plan["scenes_stale"].value == 3
+    assert plan["scenes_to_render"].value == 0
+    why = "the providers or the reference mode changed since it was drawn"
+    assert plan["stale"].value.splitlines() == [
+        f"- scene {scene_id}: {why}" for scene_id in ("1", "2", "3-key")
+    ]
 
 
 # -- candidates, picks and prompt overrides ---------------------------------------------------
@@ -418,6 +534,43 @@ def test_a_rejected_request_fails_its_scene_and_is_tried_again_next_run(instance
     healed = run_script(instance, bucket, script_id)
     assert healed.status == "complete"
     assert by_id(healed)["1"].generation == first["1"].generation
+
+
+def test_a_failed_portrait_fails_only_the_scenes_it_is_in_and_they_say_why(
+    instance, bucket, counting
+) -> None:
+    """README "Consistent characters": a scene whose portrait failed is not drawn without it
+    (it would be paid twice: once without, once with); it fails naming the portrait, the
+    other scenes are drawn, and the next run draws the portrait and exactly those scenes."""
+    script_id = accept(bucket, example("rooftop_cat.json"), instance)
+    PortraitRefusingMaker.requests = []
+    refusing = PortraitRefusingResource(character="고양이", long_side=480)
+    manifest = run_script(instance, bucket, script_id, image_maker=refusing)
+    scenes = by_id(manifest)
+    assert manifest.status == "partial"
+    # The cat is in scene 3-key only; 지우 is in scenes 1 and 2.
+    assert scenes["3-key"].status == "failed" and not scenes["3-key"].refused
+    assert scenes["3-key"].error == (
+        "reference portrait of 고양이 failed: invalid request: portrait of 고양이 refused"
+    )
+    assert scenes["3-key"].image_s3url is None
+    assert scenes["1"].status == scenes["2"].status == "succeeded"
+    characters = {c.name: c for c in manifest.characters}
+    assert characters["고양이"].status == "failed" and characters["고양이"].portrait_s3url is None
+    assert characters["고양이"].error == "invalid request: portrait of 고양이 refused"
+    assert characters["지우"].status == "succeeded"
+    # Scene 3-key was never asked for without its portrait.
+    asked = sorted(r.subject for r in PortraitRefusingMaker.requests)
+    assert asked == ["portrait of 고양이", "portrait of 지우", "scene 1", "scene 2"]
+    assert len(scene_pngs(bucket, script_id)) == 2
+
+    healed = run_script(instance, bucket, script_id, image_maker=counting)
+    assert [r.subject for r in CountingMaker.requests] == ["portrait of 고양이", "scene 3-key"]
+    assert healed.status == "complete"
+    cat = next(c for c in healed.characters if c.name == "고양이")
+    assert cat.status == "succeeded" and by_id(healed)["3-key"].references == [cat.portrait_s3url]
+    for scene_id in ("1", "2"):
+        assert by_id(healed)[scene_id].generation == scenes[scene_id].generation
 
 
 def test_an_unknown_scene_selection_fails_the_run_before_any_work(instance, bucket) -> None:

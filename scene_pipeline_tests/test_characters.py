@@ -38,9 +38,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from scene_pipeline.core.portraits import character_key
+from scene_pipeline.fonts import hangul_font
+from scene_pipeline.providers.base import ImageRequest, NoSlots
+from scene_pipeline.providers.offline import PlaceholderImageMaker
 
 from .conftest import PIPELINE_ENV
 from .fakes.kling import FakeKlingServer, FakeTask
@@ -635,3 +638,60 @@ def test_offline_placeholders_show_the_references_as_insets(tmp_path: Path) -> N
     assert find_inset(picture, insets[0], first) < 1.0
     assert find_inset(picture, insets[1], second) < 1.0
     assert find_inset(picture, insets[0], second) > 10.0  # the two portraits differ
+
+
+def glyph(text: str, size: int = 40) -> np.ndarray:
+    """`text` drawn white on black with the bundled font, as a pixel mask."""
+    image = Image.new("L", (2 * size, 2 * size), 0)
+    ImageDraw.Draw(image).text((size // 4, size // 4), text, fill=255, font=hangul_font(size))
+    return np.asarray(image)
+
+
+class NoJournal:
+    """The offline maker pays for nothing: nothing to note for a resumed step."""
+
+    def load(self) -> dict[str, str] | None:
+        return None
+
+    def save(self, entry: dict[str, str]) -> None:
+        del entry
+
+    def clear(self) -> None:
+        pass
+
+
+def placeholder(prompt: str) -> np.ndarray:
+    """The offline placeholder of one scene whose prompt is `prompt` (same scene, same
+    content hash: only the text drawn on it can differ)."""
+    request = ImageRequest(
+        script_id="offline",
+        subject="scene 1",
+        content_hash="0" * 64,
+        prompt=prompt,
+        negative_prompt="",
+        aspect_ratio="9:16",
+        external_task_id="offline-1",
+    )
+    image = PlaceholderImageMaker(long_side=480).make_image(request, NoJournal(), NoSlots())
+    with Image.open(io.BytesIO(image.pngs[0])) as opened:
+        return np.asarray(opened.convert("RGB"))
+
+
+def test_offline_placeholders_draw_korean_lines_legibly() -> None:
+    """Scripts are mostly Korean, and a placeholder shows the scene's lines: with a font
+    without Hangul (Pillow's own) every syllable would be the same empty box, and every
+    Korean scene would look alike. The bundled font draws each syllable as its own glyph."""
+    han, guk, undefined = glyph("한"), glyph("국"), glyph("\uffff")
+    assert han.any() and guk.any()
+    assert not np.array_equal(han, guk)
+    assert not np.array_equal(han, undefined) and not np.array_equal(guk, undefined)
+
+    # Two lines of the same length and spacing make two different pictures.
+    rain = placeholder('Narration: "비가 오네. 우산을 챙겨라."')
+    snow = placeholder('Narration: "눈이 오네. 장갑을 끼워라."')
+    assert rain.shape == snow.shape
+    differ = np.any(rain != snow, axis=2)
+    rows = np.flatnonzero(differ.any(axis=1))
+    assert rows.size > 0
+    # Only the drawn text differs, not the banner above it.
+    assert rows.min() > rain.shape[0] // 8

@@ -212,6 +212,33 @@ def test_moderation_fails_only_that_scene_and_the_cli_exits_1(
     assert kling_fake.answers[(400, 1301)] == 1
 
 
+def test_status_lists_a_scene_refused_by_moderation_as_refused(
+    tmp_path, openai_fake, kling_fake
+) -> None:
+    """A refused scene waits for a change of its content: `status` is where an operator
+    learns which scenes those are, and that the next run will not draw them."""
+    env = env_for(tmp_path, openai_fake, kling_fake)
+    done, _ = run(tmp_path, script({2: "[[moderate-prompt]]"}, scenes=3), env)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert kling_fake.answers[(400, 1301)] == 1
+
+    status = cli("status", "e2e", env=env)
+    assert status.returncode == 1, status.stderr[-3000:]  # partial
+    assert (
+        "refused by moderation, not requested again until their content or prompt override"
+        " changes: 2"
+    ) in status.stdout
+    assert "due at the next run" not in status.stdout
+    rows = {
+        line.split()[0]: line
+        for line in status.stdout.splitlines()
+        if line.split() and line.split()[0] in {"1", "2", "3"}
+    }
+    assert "failed (refused)" in rows["2"]
+    assert "succeeded" in rows["1"] and "succeeded" in rows["3"]
+    assert "refused" not in rows["1"] + rows["3"]
+
+
 def test_hung_tasks_fail_their_scenes_at_the_deadline_without_resubmitting(
     tmp_path, openai_fake
 ) -> None:
@@ -339,3 +366,70 @@ def test_a_run_beside_another_run_of_the_same_script_does_not_pay_twice(
         assert paid(kling, openai_fake) == before
         with DagsterInstance.from_config(str(home)) as instance:
             assert len(instance.get_runs()) == 1
+
+
+def tasks_of_script(storage: Path, script_id: str) -> set[str]:
+    """The fake's task ids that drew a script's scenes and portraits (from their records)."""
+    manifest = json.loads((storage / "results" / script_id / "manifest.json").read_text())
+    images = [s["image_s3url"] for s in manifest["scenes"]]
+    images += [c["portrait_s3url"] for c in manifest["characters"]]
+    return {
+        json.loads(local_file(uri).with_suffix(".json").read_text())["image"]["task_id"]
+        for uri in images
+    }
+
+
+def test_two_scripts_run_at_once_share_the_account_limit_without_a_refusal(
+    tmp_path, openai_fake
+) -> None:
+    """README "The KLING account's limit, across every run": two `scene-pipeline run`s of
+    different scripts at the same moment, on one DAGSTER_HOME, share the `kling` pool; the
+    account (limit = KLING_MAX_CONCURRENCY) never refuses a task for being over its limit,
+    and the two scripts' tasks did run side by side (the limit was shared, not taken in
+    turns)."""
+    # An odd limit: tasks of equal length free their slots together, and with a limit of 2
+    # each pair of slots goes on to the next pair of one script (the queue is first come,
+    # first served); a script's 2 portraits, or its last scene, leave a third slot to the other.
+    limit, scenes = 3, 4
+    home = tmp_path / "dagster_home"  # does not exist yet: the first CLI creates the instance
+    logs = tmp_path / "logs"
+    # 1.5 s per task: tasks of the two runs overlap even on a loaded machine.
+    with fake_kling(concurrency_limit=limit, task_latency_seconds=1.5) as kling:
+        env = env_for(
+            tmp_path, openai_fake, kling, DAGSTER_HOME=str(home), KLING_MAX_CONCURRENCY=str(limit)
+        )
+        jobs: dict[str, Background] = {}
+        try:
+            for script_id in ("north", "south"):
+                document = script_document(script_id, scenes)
+                path = write_script(tmp_path / f"{script_id}.json", document)
+                jobs[script_id] = start([CLI, "run", str(path)], env, logs, script_id)
+            codes = {name: job.wait(300) for name, job in jobs.items()}
+        finally:
+            for job in jobs.values():
+                if job.process.poll() is None:
+                    job.kill_group()
+        for name, job in jobs.items():
+            assert codes[name] == 0, (name, job.output()[-4000:])
+            assert f"complete ({scenes}/{scenes} scenes succeeded)" in job.output(), name
+        assert kling.answers[(429, 1303)] == 0, kling.answers
+
+        storage = tmp_path / "storage"
+        paid_for = {name: tasks_of_script(storage, name) for name in jobs}
+        assert {name: len(ids) for name, ids in paid_for.items()} == {
+            "north": scenes + PORTRAITS,
+            "south": scenes + PORTRAITS,
+        }
+        assert paid_for["north"] | paid_for["south"] == {t.task_id for t in kling.tasks}
+        by_id = {t.task_id: t for t in kling.tasks}
+        north = [by_id[i] for i in paid_for["north"]]
+        south = [by_id[i] for i in paid_for["south"]]
+        assert any(
+            a.created_mono < b.finishes_mono and b.created_mono < a.finishes_mono
+            for a in north
+            for b in south
+        ), "the two scripts' tasks never ran at the same time"
+        with DagsterInstance.from_config(str(home)) as instance:
+            runs = instance.get_runs()
+            assert sorted(r.tags["dagster/partition"] for r in runs) == ["north", "south"]
+            assert {r.status for r in runs} == {DagsterRunStatus.SUCCESS}

@@ -10,6 +10,7 @@ backend, the sensor's store is wrapped to count reads or to overwrite an object 
 """
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from dagster import (
     build_sensor_context,
 )
 from dagster_aws.s3 import S3Resource
+from PIL import Image
 from pydantic import Field
 
 import scene_pipeline.core.inbox as inbox_module
@@ -54,7 +56,9 @@ from scene_pipeline.storage.local import LocalObjectStore
 from scene_pipeline.storage.s3 import S3ObjectStore
 from scene_pipeline.wiring import build_resources
 
+from .conftest import EXAMPLES
 from .pipeline_helpers import run_script
+from .test_cli import cli
 
 INBOX = "scripts/incoming/"
 SENSOR_RESOURCES = ("bucket", "prompt_writer", "image_maker", "pipeline")
@@ -656,6 +660,45 @@ def test_an_identical_redrop_is_accepted_without_a_run(tmp_path: Path) -> None:
         assert requested(changed) == {
             "story": run_key_for(f"{INBOX}a.json", listing(store)[f"{INBOX}a.json"])
         }
+
+
+def test_a_portrait_can_be_pinned_for_a_script_the_sensor_accepted_before_any_run(
+    tmp_path: Path,
+) -> None:
+    """The backend drops a script; an operator who already has the cat's picture pins it
+    before the requested run draws anything (`portrait` needs the accepted copy only, not a
+    finished run): the run then draws the cat's scene with that picture, and no portrait of
+    the cat."""
+    storage = tmp_path / "bucket"
+    env = {"SCENE_PIPELINE_LOCAL_DIR": str(storage)}
+    submitted = cli("submit", EXAMPLES / "rooftop_cat.json", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    resource = LocalBucketResource(local_dir=str(storage))
+    (tmp_path / "dagster").mkdir()
+    with DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        first = tick(instance, resource, None)
+        assert set(requested(first)) == {"rooftop-cat"}
+        assert not (storage / "results").exists()  # accepted, nothing drawn yet
+
+        upload = tmp_path / "cat.png"
+        picture = io.BytesIO()
+        Image.new("RGB", (400, 600), (20, 160, 60)).save(picture, format="PNG")
+        upload.write_bytes(picture.getvalue())
+        pinned = cli("portrait", "rooftop-cat", "고양이", "--image", upload, env=env)
+        assert pinned.returncode == 0, pinned.stderr
+        assert "pinned the portrait of 고양이" in pinned.stdout
+        assert "redraws the 1 scene(s) it is in: 3-key" in pinned.stdout
+
+        manifest = run_script(instance, resource, "rooftop-cat")  # the requested run
+    assert manifest.status == "complete"
+    cat = next(c for c in manifest.characters if c.name == "고양이")
+    assert cat.source == "uploaded" and cat.status == "succeeded" and cat.portrait_s3url
+    assert Path(cat.portrait_s3url.removeprefix("file://")).read_bytes() == upload.read_bytes()
+    scene = next(s for s in manifest.scenes if s.scene_id == "3-key")
+    assert scene.status == "succeeded" and scene.references == [cat.portrait_s3url]
+    # The only picture of the cat is the upload: none was drawn.
+    cat_pngs = list((storage / "results/rooftop-cat/characters" / cat.character_key).glob("*.png"))
+    assert len(cat_pngs) == 1
 
 
 # -- bounds of a tick: count and time ---------------------------------------------------------
