@@ -21,8 +21,10 @@ PIPELINE_ENV = (*variable_names(), "DAGSTER_HOME")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long end-to-end tests first: pytest-xdist hands tests out in this order, so none
-    of them starts last on one worker while the other has nothing left to do."""
+    """The long end-to-end tests first. pytest-xdist hands tests out in this order, one at a
+    time (`--maxschedchunk 1` in pyproject.toml; its default hands each worker a quarter of
+    its share at once, which gave one worker every long test): a long test never starts last
+    on one worker while the other has nothing left to do."""
     items.sort(
         key=lambda item: (
             not (item.get_closest_marker("slow") or item.get_closest_marker("postgres"))

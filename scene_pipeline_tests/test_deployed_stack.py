@@ -14,7 +14,9 @@ with S3 on moto's server and the fake KLING (an account of 2 parallel tasks) and
 OpenAI as the providers. Then, as a user would, three scripts and one invalid file are put into
 the bucket's inbox, and what the user sees is checked: every valid script was drawn by a run
 that the sensor requested and the queue launched (SUCCESS in Postgres), its manifest is
-complete, the invalid file got its rejection report, the `kling` pool is KLING_MAX_CONCURRENCY
+complete, a script dropped again (changed) while its run draws gets a second run that waits
+in the queue until the first has finished (one run per script), the invalid file got its
+rejection report, the `kling` pool is KLING_MAX_CONCURRENCY
 and kept the account from refusing a task, the webserver serves the runs, and no secret is in
 any service's output or in the steps' compute logs.
 
@@ -65,6 +67,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 KLING_LIMIT = 2
 SCRIPT_IDS = ("stack-a", "stack-b", "stack-c")
 SCENES = 3
+REDROPPED = SCRIPT_IDS[0]  # dropped again, changed, while its first run draws
+CHANGED = "wistful"  # scene 1's new emotion: the fake OpenAI copies it into the prompt
 INBOX = "scripts/incoming/"
 INVALID = "not-a-script.json"
 SENSOR = "script_inbox_sensor"
@@ -291,10 +295,14 @@ def test_the_compose_stack_draws_the_scripts_dropped_into_the_inbox(
                 running,
             )
 
+            def drop(script_id: str, emotions: dict[int, str] | None = None) -> None:
+                document = script_document(script_id, SCENES, emotions=emotions)
+                body = json.dumps(document, ensure_ascii=False).encode()
+                s3.put_object(Bucket=s3_bucket, Key=f"{INBOX}{script_id}.json", Body=body)
+
             # A user drops three scripts and a file that is not one into the inbox.
             for script_id in SCRIPT_IDS:
-                body = json.dumps(script_document(script_id, SCENES), ensure_ascii=False)
-                s3.put_object(Bucket=s3_bucket, Key=f"{INBOX}{script_id}.json", Body=body.encode())
+                drop(script_id)
             s3.put_object(
                 Bucket=s3_bucket,
                 Key=f"{INBOX}{INVALID}",
@@ -302,6 +310,19 @@ def test_the_compose_stack_draws_the_scripts_dropped_into_the_inbox(
             )
 
             with DagsterInstance.from_config(str(home)) as instance:
+                # While the first script's run draws, the backend drops a new version of it
+                # (scene 1 changed): its run must wait in the queue for the first one.
+                wait_for(
+                    lambda: any(
+                        r.status == DagsterRunStatus.STARTED
+                        for r in instance.get_runs()
+                        if r.tags.get("dagster/partition") == REDROPPED
+                    ),
+                    DRAWN_TIMEOUT,
+                    f"a started run of {REDROPPED}",
+                    running,
+                )
+                drop(REDROPPED, {1: CHANGED})
 
                 def manifests() -> dict[str, Any]:
                     return {
@@ -334,8 +355,9 @@ def test_the_compose_stack_draws_the_scripts_dropped_into_the_inbox(
                         m is not None and m["status"] == "complete" for m in manifests().values()
                     )
                     done = done and all(
-                        any(r.status == DagsterRunStatus.SUCCESS for r in rs)
-                        for rs in runs_by_script().values()
+                        len(rs) == (2 if sid == REDROPPED else 1)
+                        and all(r.status == DagsterRunStatus.SUCCESS for r in rs)
+                        for sid, rs in runs_by_script().items()
                     )
                     report = f"scripts/rejected/{INVALID}.error.json"
                     return done and read_json(s3, s3_bucket, report) is not None
@@ -360,20 +382,34 @@ def test_the_compose_stack_draws_the_scripts_dropped_into_the_inbox(
                 # -- the runs, in Postgres: requested by the sensor, launched by the queue ---
                 run_ids = []
                 for script_id, runs in runs_by_script().items():
-                    assert len(runs) == 1, (script_id, [r.run_id for r in runs])
-                    (run,) = runs
-                    run_ids.append(run.run_id)
-                    assert run.status == DagsterRunStatus.SUCCESS, (script_id, run.status)
-                    assert run.tags.get("dagster/sensor_name") == SENSOR, run.tags
-                    assert run.tags.get(TAG_LAUNCHED_BY) == "sensor", run.tags
-                    # Queued in Postgres, then dequeued and launched by the daemon.
-                    lifecycle = [
-                        e.dagster_event.event_type
-                        for e in instance.all_logs(run.run_id, of_type=set(RUN_LIFECYCLE))
-                        if e.dagster_event is not None
-                    ]
-                    assert lifecycle == RUN_LIFECYCLE, (script_id, lifecycle)
-                assert len(instance.get_runs()) == len(SCRIPT_IDS)  # none for the invalid file
+                    assert len(runs) == (2 if script_id == REDROPPED else 1), (script_id, runs)
+                    for run in runs:
+                        run_ids.append(run.run_id)
+                        assert run.status == DagsterRunStatus.SUCCESS, (script_id, run.status)
+                        assert run.tags.get("dagster/sensor_name") == SENSOR, run.tags
+                        assert run.tags.get(TAG_LAUNCHED_BY) == "sensor", run.tags
+                        # Queued in Postgres, then dequeued and launched by the daemon.
+                        lifecycle = [
+                            e.dagster_event.event_type
+                            for e in instance.all_logs(run.run_id, of_type=set(RUN_LIFECYCLE))
+                            if e.dagster_event is not None
+                        ]
+                        assert lifecycle == RUN_LIFECYCLE, (script_id, lifecycle)
+                # One run per script at a time: the re-drop's run was queued while the first
+                # run drew, and the queue started it only once the first had finished.
+                first, second = sorted(
+                    (instance.get_run_record_by_id(r.run_id) for r in runs_by_script()[REDROPPED]),
+                    key=lambda record: record.create_timestamp,
+                )
+                assert second.create_timestamp.timestamp() < first.end_time, (
+                    "the re-drop's run was created after the first run ended: the queue's"
+                    " one-run-per-script limit was not put to the test"
+                )
+                assert first.end_time <= second.start_time, (first.end_time, second.start_time)
+                scene_1 = next(s for s in drawn[REDROPPED]["scenes"] if s["scene_id"] == "1")
+                assert CHANGED in scene_1["image_prompt"], scene_1  # the new version was drawn
+                # None for the invalid file; two for the re-dropped script.
+                assert len(instance.get_runs()) == len(SCRIPT_IDS) + 1
 
                 # -- the KLING pool, in Postgres ---------------------------------------------
                 pool = instance.event_log_storage.get_concurrency_info("kling")

@@ -242,7 +242,8 @@ def test_status_lists_a_scene_refused_by_moderation_as_refused(
 def test_hung_tasks_fail_their_scenes_at_the_deadline_without_resubmitting(
     tmp_path, openai_fake
 ) -> None:
-    with fake_kling(concurrency_limit=SCENES, hang_all=True) as kling:
+    # The hung tasks keep holding their slots at KLING: one more is left for a forced redraw.
+    with fake_kling(concurrency_limit=SCENES + 1, hang_all=True) as kling:
         env = env_for(
             tmp_path,
             openai_fake,
@@ -263,16 +264,27 @@ def test_hung_tasks_fail_their_scenes_at_the_deadline_without_resubmitting(
         assert len(kling.tasks) == SCENES
         assert set(kling.tasks_per_request().values()) == {1}
         assert all(kling.task_status(t.task_id) != "succeed" for t in kling.tasks)
+        hung = {t.task_id for t in kling.tasks}
 
-        # The tasks finish late: the next run collects them without paying again.
+        # `--force` draws scene 1 anew: a new paid task, not a wait on its unfinished one
+        # (which still hangs, and would time out again).
         kling.options.hang_all = False
+        forced, manifest = run(tmp_path, script(), env, "--scenes", "1", "--force")
+        scene_1 = next(s for s in manifest["scenes"] if s["scene_id"] == "1")
+        assert scene_1["status"] == "succeeded", (scene_1, forced.stderr[-3000:])
+        assert kling.requests["POST submit"] == SCENES + 1
+        (new_task,) = {t.task_id for t in kling.tasks} - hung
+        assert record_of(scene_1)["image"]["task_id"] == new_task
+
+        # The other tasks finish late: the next run collects them without paying again.
         kling.release_hung_tasks()
         done, manifest = run(tmp_path, script(), env)
         assert done.returncode == 0, done.stderr[-3000:]
         assert manifest["status"] == "complete"
-        assert len(kling.tasks) == SCENES and kling.requests["POST submit"] == SCENES
-        paid_for = {t.task_id for t in kling.tasks}
-        assert {record_of(s)["image"]["task_id"] for s in manifest["scenes"]} == paid_for
+        assert len(kling.tasks) == SCENES + 1 and kling.requests["POST submit"] == SCENES + 1
+        drawn_by = {s["scene_id"]: record_of(s)["image"]["task_id"] for s in manifest["scenes"]}
+        assert drawn_by.pop("1") == new_task
+        assert set(drawn_by.values()) < hung and len(set(drawn_by.values())) == SCENES - 1
 
 
 def test_an_account_error_stops_submitting_and_says_why(tmp_path, openai_fake) -> None:

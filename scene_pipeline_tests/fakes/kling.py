@@ -52,12 +52,14 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 from PIL import Image
+
+from . import FakeHTTPServer
 
 MODELS = ("kling-v1", "kling-v1-5", "kling-v2", "kling-v2-new", "kling-v2-1")
 ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "3:2", "2:3", "21:9")
@@ -267,9 +269,7 @@ class FakeKlingServer:
         self.download_failures = 0
         #: Downloads refused (403) because their URL was made to expire.
         self.expired_downloads = 0
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
+        self._httpd = FakeHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -47,10 +47,12 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
 from PIL import Image
+
+from . import FakeHTTPServer
 
 FAKE_API_KEY = "sk-fake-test-0123456789abcdef"
 REFUSAL_MARKER = "[[fake:refuse]]"
@@ -224,15 +226,14 @@ class FakeOpenAIServer:
         self._files: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._counter = 0
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: FakeHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> FakeOpenAIServer:
         handler = _handler_class(self)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True  # slow answers must not block shutdown
+        self._httpd = FakeHTTPServer(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},  # shutdown() waits up to one poll interval
