@@ -168,3 +168,11 @@ class SceneOutcome(_Model):
     prompt_status: Literal["written", "reused", "override", "failed", "not written"]
     tokens: int = 0
     thumbnails: list[str] = Field(default_factory=list, description="data URIs, k = 1..n")
+
+
+class CarriedScenes(_Model):
+    """The scenes a run leaves as they are, and why those that are stale are (they were drawn
+    under another configuration and wait for an explicit redraw)."""
+
+    entries: list[SceneEntry]
+    stale: dict[str, str] = Field(default_factory=dict, description="scene id -> why")

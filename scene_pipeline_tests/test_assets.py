@@ -392,28 +392,32 @@ def test_forcing_one_scene_adds_one_generation(instance, bucket) -> None:
     assert len(keys(bucket.get_bucket(), "results/rooftop-cat/scenes/3-key/")) == 4
 
 
-def test_the_plan_shows_how_many_scenes_are_stale_and_why(instance, bucket, counting) -> None:
+def test_the_plan_and_the_manifest_show_how_many_scenes_are_stale_and_why(
+    instance, bucket, counting
+) -> None:
     """A configuration change (here the reference mode switched off) keeps the pictures drawn
-    under the old one: they are stale, not redrawn. The run's plan, shown on
-    `character_portraits`, counts them and says why for each, so that an operator sees what
+    under the old one: they are stale, not redrawn. The run's plan (on `character_portraits`)
+    and the `manifest` count them and say why for each, so that an operator sees what
     `refresh_stale` would pay for."""
     script_id = accept(bucket, example("rooftop_cat.json"), instance)
     first = by_id(run_script(instance, bucket, script_id, image_maker=counting))
-    plan = latest_metadata(instance, "character_portraits")
-    assert plan["scenes_stale"].value == 0 and plan["stale"].value == "-"
+    for asset in ("character_portraits", "manifest"):
+        shown = latest_metadata(instance, asset)
+        assert shown["scenes_stale"].value == 0 and shown["stale"].value == "-", asset
     paid = len(CountingMaker.requests)
 
     text_only = CountingMakerResource(long_side=480, references=False)
     kept = by_id(run_script(instance, bucket, script_id, image_maker=text_only))
     assert len(CountingMaker.requests) == paid
     assert {k: e.generation for k, e in kept.items()} == {k: e.generation for k, e in first.items()}
-    plan = latest_metadata(instance, "character_portraits")
-    assert plan["scenes_stale"].value == 3
-    assert plan["scenes_to_render"].value == 0
+    assert latest_metadata(instance, "character_portraits")["scenes_to_render"].value == 0
     why = "the providers or the reference mode changed since it was drawn"
-    assert plan["stale"].value.splitlines() == [
-        f"- scene {scene_id}: {why}" for scene_id in ("1", "2", "3-key")
-    ]
+    for asset in ("character_portraits", "manifest"):
+        shown = latest_metadata(instance, asset)
+        assert shown["scenes_stale"].value == 3, asset
+        assert shown["stale"].value.splitlines() == [
+            f"- scene {scene_id}: {why}" for scene_id in ("1", "2", "3-key")
+        ], asset
 
 
 # -- candidates, picks and prompt overrides ---------------------------------------------------

@@ -6,7 +6,7 @@ data URIs, so the UI shows pictures without access to the bucket.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
@@ -59,10 +59,17 @@ def plan_metadata(plan: Assessment) -> dict[str, object]:
         "portraits_to_draw": len(plan.portraits.to_draw),
         "scenes_to_render": len(scenes.to_render),
         "scenes_carried": len(scenes.carried) + len(scenes.records_to_read),
-        "scenes_stale": len(scenes.stale),
         "scenes_refused": len(scenes.refused),
+        **stale_metadata(scenes.stale),
+    }
+
+
+def stale_metadata(stale: Mapping[str, str]) -> dict[str, object]:
+    """How many scenes are stale (kept, drawn under another configuration) and why each is."""
+    return {
+        "scenes_stale": len(stale),
         "stale": MetadataValue.md(
-            "\n".join(f"- scene {sid}: {why}" for sid, why in scenes.stale.items()) or "-"
+            "\n".join(f"- scene {sid}: {why}" for sid, why in stale.items()) or "-"
         ),
     }
 

@@ -10,13 +10,12 @@ from dagster import DynamicOut, DynamicOutput, Failure, OpExecutionContext, Out,
 from scene_pipeline.assets.config import ScriptRunConfig
 from scene_pipeline.assets.metadata import plan_metadata, portraits_metadata, sheet_metadata
 from scene_pipeline.assets.support import RETRY_POLICY, attempt_of, script_step, tools
-from scene_pipeline.contract.outputs import SceneEntry
 from scene_pipeline.contract.script import Script
 from scene_pipeline.core import actions
 from scene_pipeline.core.operator import read_state, stamp, update_state, without_portrait_redraws
 from scene_pipeline.core.planning import Selection, UnknownScenesError
 from scene_pipeline.core.runs import Prepared, draw_portraits, merge_portraits, prepare
-from scene_pipeline.models import AcceptedScript, CharacterSheet, Portrait, ScenePlan
+from scene_pipeline.models import AcceptedScript, CarriedScenes, CharacterSheet, Portrait, ScenePlan
 from scene_pipeline.resources.bucket import BucketResource
 from scene_pipeline.resources.pipeline import PipelineResource
 from scene_pipeline.resources.providers import (
@@ -38,7 +37,7 @@ def mapping_key(value: str) -> str:
         "character_sheet": Out(CharacterSheet, description="The script's character sheet."),
         "character_portraits": Out(list[Portrait], description="Portraits scenes may reference."),
         "scenes_todo": DynamicOut(ScenePlan, description="Scenes to render."),
-        "carried": Out(list[SceneEntry], description="Scenes this run leaves as they are."),
+        "carried": Out(CarriedScenes, description="Scenes this run leaves as they are."),
     },
     retry_policy=RETRY_POLICY,
 )
@@ -79,7 +78,8 @@ def plan_script(
     )
     for scene in prepared.assessment.scenes.to_render:
         yield DynamicOutput(scene, mapping_key(scene.scene.scene_id), "scenes_todo")
-    yield Output(prepared.carried_scenes, "carried")
+    stale = dict(prepared.assessment.scenes.stale)
+    yield Output(CarriedScenes(entries=prepared.carried_scenes, stale=stale), "carried")
 
 
 def set_account_pool(context: OpExecutionContext, limit: int) -> None:

@@ -2,7 +2,7 @@
 it left alone and emits `scene_prompts`, `scene_images` (with a gallery of every scene) and the
 `manifest` for the backend, with its checks."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from dagster import (
     AssetCheckResult,
@@ -14,7 +14,7 @@ from dagster import (
     op,
 )
 
-from scene_pipeline.assets.metadata import gallery_markdown, table_metadata
+from scene_pipeline.assets.metadata import gallery_markdown, stale_metadata, table_metadata
 from scene_pipeline.assets.support import lease_token, script_step
 from scene_pipeline.constants import TAG_LEASE
 from scene_pipeline.contract.outputs import Manifest, SceneEntry
@@ -22,7 +22,7 @@ from scene_pipeline.core import checks, leases
 from scene_pipeline.core.operator import read_state
 from scene_pipeline.core.runs import finish
 from scene_pipeline.core.tables import scenes_frame
-from scene_pipeline.models import AcceptedScript, Portrait, SceneOutcome
+from scene_pipeline.models import AcceptedScript, CarriedScenes, Portrait, SceneOutcome
 from scene_pipeline.resources.bucket import BucketResource
 from scene_pipeline.resources.providers import (
     ImageMakerResource,
@@ -49,7 +49,7 @@ CHECKS = {
 def publish_script(
     context: OpExecutionContext,
     script_document: AcceptedScript,
-    carried: list[SceneEntry],
+    carried: CarriedScenes,
     outcomes: list[SceneOutcome],
     character_portraits: list[Portrait],
     bucket: BucketResource,
@@ -61,7 +61,7 @@ def publish_script(
     with script_step(context, store, sid):
         manifest = finish(
             script_document,
-            [*carried, *(o.entry for o in outcomes)],
+            [*carried.entries, *(o.entry for o in outcomes)],
             character_portraits,
             planning_providers(prompt_writer, image_maker),
             read_state(store, sid),
@@ -72,7 +72,7 @@ def publish_script(
     rows = prompt_rows(manifest.scenes, outcomes)
     yield Output(rows, "scene_prompts", metadata={"scenes": len(rows)})
     yield Output(manifest.scenes, "scene_images", metadata=images_metadata(manifest, gallery))
-    yield Output(manifest, "manifest", metadata=manifest_metadata(manifest))
+    yield Output(manifest, "manifest", metadata=manifest_metadata(manifest, carried.stale))
     yield from check_results(manifest, prompt_writer.max_prompt_chars, store)
     # A CLI run's lease is the CLI's to release; a re-execution of one (from the UI) is not
     # the CLI's any more.
@@ -105,12 +105,13 @@ def images_metadata(manifest: Manifest, gallery: str) -> dict[str, object]:
     return {**counts, "gallery": MetadataValue.md(gallery)}
 
 
-def manifest_metadata(manifest: Manifest) -> dict[str, object]:
+def manifest_metadata(manifest: Manifest, stale: Mapping[str, str]) -> dict[str, object]:
     return {
         "status": manifest.status,
         "offline": manifest.offline,
         "characters": len(manifest.characters),
         "scenes": table_metadata(scenes_frame(manifest.scenes)),
+        **stale_metadata(stale),
     }
 
 

@@ -167,8 +167,11 @@ def pick(args: Namespace) -> int:
     home = os.environ.get("DAGSTER_HOME")
     if home:
         from scene_pipeline.cli.instance import report_manifest
+        from scene_pipeline.cli.runs import RunRequest, plan_ahead
 
-        report_manifest(home, manifest, f"scene {args.scene_id}: candidate {entry.picked} picked")
+        stale = plan_ahead(bucket, settings, accepted, RunRequest()).scenes.stale
+        why = f"scene {args.scene_id}: candidate {entry.picked} picked"
+        report_manifest(home, manifest, why, stale)
     return EXIT_OK
 
 

@@ -11,7 +11,7 @@ import fcntl
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,9 +189,9 @@ def execute_scene_job(
         return result.success, result.run_id
 
 
-def report_manifest(dagster_home: str, manifest: Any, why: str) -> None:
+def report_manifest(dagster_home: str, manifest: Any, why: str, stale: Mapping[str, str]) -> None:
     """A `manifest` materialization for a change made without a run (a pick), so that the
-    UI shows the manifest the backend reads."""
+    UI shows the manifest the backend reads (and its stale scenes, as a run's would)."""
     from dagster import AssetMaterialization
 
     from scene_pipeline.assets.publish import manifest_metadata
@@ -203,7 +203,7 @@ def report_manifest(dagster_home: str, manifest: Any, why: str) -> None:
                 asset_key="manifest",
                 partition=manifest.script_id,
                 description=why,
-                metadata=manifest_metadata(manifest),
+                metadata=manifest_metadata(manifest, stale),
             )
         )
 
