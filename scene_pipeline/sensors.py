@@ -71,6 +71,8 @@ def build_script_inbox_sensor(settings: Settings, job: Any) -> SensorDefinition:
         if outcome.skip_message is not None:
             return SensorResult(skip_reason=outcome.skip_message, cursor=outcome.cursor)
         context.log.info(outcome.summary)
+        for unchanged in (a for a in outcome.accepted if not a.run_needed):
+            context.log.info(f"script {unchanged.accepted.script.script_id}: {unchanged.why}")
         return sensor_result(outcome)
 
     return script_inbox_sensor

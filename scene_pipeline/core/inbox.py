@@ -213,7 +213,8 @@ def _accept(
         stored = store_accepted(bucket, newest.result)
         if not stored.stored:
             return group, None
-        due, why = needs_run(newest.result)
+        # A new script has nothing drawn: it is due without reading what a run would reuse.
+        due, why = (True, "a new script") if stored.new else needs_run(newest.result)
         return group, Acceptance(newest.result, newest.info.key, newest.etag, due, why)
     except StorageError as err:
         return group, err

@@ -39,11 +39,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Accepted:
-    """A valid version. `kept` is the newer stored copy that this version did not replace."""
+    """A valid version. `kept` is the newer stored copy that this version did not replace;
+    `new`: no copy was stored before, so nothing of the script can have been drawn yet."""
 
     accepted: AcceptedScript
     kept: AcceptedScript | None = None
     changed: bool = True
+    new: bool = False
 
     @property
     def stored(self) -> bool:
@@ -127,7 +129,11 @@ def store_accepted(
     if keep_newer and stored is not None and is_newer(stored, accepted.source_last_modified):
         return Accepted(accepted=accepted, kept=stored, changed=False)
     bucket.write_model(layout.accepted_script_key(accepted.script.script_id), accepted)
-    return Accepted(accepted=accepted, changed=stored is None or stored.script != accepted.script)
+    return Accepted(
+        accepted=accepted,
+        changed=stored is None or stored.script != accepted.script,
+        new=stored is None,
+    )
 
 
 def accept_bytes(
