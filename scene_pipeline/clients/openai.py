@@ -39,3 +39,27 @@ def openai_client(
         max_retries=max_retries,
         http_client=http_client,
     )
+
+
+class LazyOpenAI:
+    """An SDK client built on first use. Importing the SDK costs about a second: a step
+    that reuses every prompt (a forced redraw, a re-run of the sheet) never pays it."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None,
+        timeout_seconds: float,
+        max_retries: int,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = base_url or DEFAULT_BASE_URL
+        self._build = lambda: openai_client(
+            api_key, base_url, timeout_seconds, max_retries, http_client
+        )
+        self._client: OpenAI | None = None
+
+    def get(self) -> OpenAI:
+        if self._client is None:
+            self._client = self._build()
+        return self._client

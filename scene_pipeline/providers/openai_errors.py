@@ -5,8 +5,7 @@ errors, honouring Retry-After); what reaches here is what it gave up on."""
 from __future__ import annotations
 
 import re
-
-import openai
+from typing import TYPE_CHECKING
 
 from scene_pipeline.providers.errors import (
     AccountError,
@@ -14,6 +13,9 @@ from scene_pipeline.providers.errors import (
     SceneRejectedError,
     TransientProviderError,
 )
+
+if TYPE_CHECKING:
+    import openai
 
 # Error details quoted from a server are kept short (and scrubbed of secrets).
 MAX_DETAIL_CHARS = 300
@@ -70,6 +72,8 @@ def map_openai_error(err: openai.OpenAIError, what: str, secret: str | None) -> 
     the SDK's exception text quotes the whole response body, which some servers fill with the
     key they were given.
     """
+    import openai  # loaded already: `err` is one of its errors
+
     if isinstance(err, openai.RateLimitError):
         if err.code == "insufficient_quota":
             return AccountError(f"{what}: OpenAI quota exhausted ({_detail(err, secret)})")

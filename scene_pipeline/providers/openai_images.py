@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 import httpx
 
-from scene_pipeline.clients.openai import openai_client
+from scene_pipeline.clients.openai import LazyOpenAI
 from scene_pipeline.contract.outputs import ImageProvenance
 from scene_pipeline.providers import identities
 from scene_pipeline.providers.base import (
@@ -124,11 +124,11 @@ class OpenAIImagesMaker:
         self.response_format = response_format
         self.append_negative_prompt = append_negative_prompt
         self.identity = identities.openai_images(model)
-        self._client = openai_client(api_key, base_url, timeout_seconds, max_retries, http_client)
+        self._sdk = LazyOpenAI(api_key, base_url, timeout_seconds, max_retries, http_client)
         self._download_client = download_client
 
     def __repr__(self) -> str:
-        return f"OpenAIImagesMaker(model={self.model!r}, base_url={str(self._client.base_url)!r})"
+        return f"OpenAIImagesMaker(model={self.model!r}, base_url={self._sdk.base_url!r})"
 
     def make_image(
         self, request: ImageRequest, journal: TaskJournal, slots: SlotGate
@@ -204,9 +204,9 @@ class OpenAIImagesMaker:
                     (f"reference-{i}.png", png, "image/png")
                     for i, png in enumerate(request.references[:MAX_REFERENCES], start=1)
                 ]
-                raw = self._client.images.with_raw_response.edit(image=images, **arguments)
+                raw = self._sdk.get().images.with_raw_response.edit(image=images, **arguments)
             else:
-                raw = self._client.images.with_raw_response.generate(**arguments)
+                raw = self._sdk.get().images.with_raw_response.generate(**arguments)
             return raw, raw.parse()
         except openai.OpenAIError as err:
             self._raise_mapped(err, what)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from openai.types import CompletionUsage
 from pydantic import BaseModel, ConfigDict, Field
 
 from scene_pipeline.contract.outputs import Usage
@@ -25,6 +24,9 @@ from scene_pipeline.providers.prompting import (
     known_style,
     negative_prompt_for,
 )
+
+if TYPE_CHECKING:
+    from openai.types import CompletionUsage
 
 # The original story can be 20 000 characters; the sheet needs its gist, not all of it.
 SHEET_STORY_CHARS = 8000

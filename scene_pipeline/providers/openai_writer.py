@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from scene_pipeline.clients.openai import openai_client
+from scene_pipeline.clients.openai import LazyOpenAI
 from scene_pipeline.contract.outputs import Usage
 from scene_pipeline.contract.script import Script
 from scene_pipeline.providers import identities
@@ -93,10 +93,10 @@ class OpenAIPromptWriter:
         self._secret = api_key
         self.model = model
         self.identity = identities.openai_writer(model)
-        self._client = openai_client(api_key, base_url, timeout_seconds, max_retries, http_client)
+        self._sdk = LazyOpenAI(api_key, base_url, timeout_seconds, max_retries, http_client)
 
     def __repr__(self) -> str:
-        return f"OpenAIPromptWriter(model={self.model!r}, base_url={str(self._client.base_url)!r})"
+        return f"OpenAIPromptWriter(model={self.model!r}, base_url={self._sdk.base_url!r})"
 
     def write_character_sheet(self, script: Script) -> WrittenSheet:
         """One structured call: a look for every character of the script.
@@ -170,7 +170,7 @@ class OpenAIPromptWriter:
         import openai
 
         try:
-            completion = self._client.chat.completions.parse(
+            completion = self._sdk.get().chat.completions.parse(
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 response_format=answer_model,
