@@ -18,9 +18,11 @@ Then the tasks are allowed to finish and the run is resumed in the ways an opera
   until the lease expires (the test rewrites the lease instead of waiting 10 minutes);
 - a new `scene-pipeline run` on the same DAGSTER_HOME: the killed CLI's lease names this host
   and a process that is gone, so it is taken over at once; the killed run is marked failed
-  and its pool slots freed before the new run starts.
+  and its pool slots freed before the new run starts;
+- `run --scenes 1 --force`: the operator wants a new picture, so scene 1's journaled task is
+  not resumed but a new one paid (the other scene is resumed by the next plain run).
 
-Either way the fake must have seen exactly one task per requested image (no second submit,
+Except when forced, the fake must have seen exactly one task per requested image (no second submit,
 not even a refused one), the scene steps must have polled the journaled tasks, and the
 manifest must be complete with every image present.
 """
@@ -340,3 +342,38 @@ def test_after_a_kill_the_next_cli_run_on_the_same_dagster_home_is_not_blocked(
     lease = lease_of(storage)
     assert lease is not None and lease.token != killed_lease.token
     assert lease.expires_at <= utc_now()
+
+
+def test_force_after_a_kill_pays_a_new_task_instead_of_resuming_the_journaled_one(
+    tmp_path: Path, fakes: tuple[FakeOpenAIServer, FakeKlingServer]
+) -> None:
+    """`run --scenes 1 --force` after a killed run: the operator asked for a new picture of
+    scene 1, so its task paid before the kill is not resumed (it would now succeed, and give
+    the old roll of the dice): a new task is paid and drawn. Scene 2, not forced, is resumed
+    by the next plain run from its journaled task, without paying again."""
+    openai, kling = fakes
+    _, storage, env = dagster_home_env(tmp_path, openai, kling)
+    script = the_script(tmp_path)
+    journaled = kill_while_tasks_are_in_flight(tmp_path, kling, env, script)[1]
+    let_tasks_finish(kling)
+    logs = tmp_path / "logs"
+
+    _, out, err = run_to_end([CLI, "run", str(script), "--scenes", "1", "--force"], env, logs, "1")
+    assert "Traceback" not in out + err
+    manifest = json.loads((storage / "results" / SCRIPT_ID / "manifest.json").read_text())
+    scene_1 = next(s for s in manifest["scenes"] if s["scene_id"] == "1")
+    assert scene_1["status"] == "succeeded", (scene_1, err[-3000:])
+    drawn_by = json.loads(
+        Path(scene_1["image_s3url"].removeprefix("file://")).with_suffix(".json").read_text()
+    )["image"]["task_id"]
+    assert drawn_by != journaled["1"]
+    assert kling.requests["POST multi submit"] == SCENES + 1
+
+    code, out, err = run_to_end([CLI, "run", str(script)], env, logs, "rest")
+    assert code == 0, (out + err)[-3000:]
+    manifest = json.loads((storage / "results" / SCRIPT_ID / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    scene_2 = next(s for s in manifest["scenes"] if s["scene_id"] == "2")
+    record = Path(scene_2["image_s3url"].removeprefix("file://")).with_suffix(".json")
+    assert json.loads(record.read_text())["image"]["task_id"] == journaled["2"]
+    assert kling.requests["POST multi submit"] == SCENES + 1  # scene 2 was not paid again
