@@ -30,7 +30,9 @@ manifest must be complete with every image present.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -249,24 +251,30 @@ def test_reexecution_from_failure_polls_the_tasks_paid_before_the_kill(
         }, steps
 
 
+@pytest.fixture
+def short_tmpdir() -> Iterator[Path]:
+    """A TMPDIR for the CLI, removed at the end: the temporary instance of a killed CLI is
+    never cleaned up. Short, so that the forkserver's socket path fits (a TMPDIR under
+    tmp_path may not, and the CLI then spawns its steps: slower, and tested in test_cli)."""
+    path = Path(tempfile.mkdtemp(prefix="sp-kill-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_a_fresh_run_of_the_same_script_resumes_the_journaled_tasks(
-    tmp_path: Path, fakes: tuple[FakeOpenAIServer, FakeKlingServer]
+    tmp_path: Path, fakes: tuple[FakeOpenAIServer, FakeKlingServer], short_tmpdir: Path
 ) -> None:
     """On a temporary instance (no DAGSTER_HOME). The killed CLI is made to look like one of
     another host, whose process this host cannot check: its lease blocks until it expires."""
     openai, kling = fakes
     storage = tmp_path / "storage"
-    (tmp_path / "tmp").mkdir()
     env = fake_env(
         openai,
         kling,
         SCENE_PIPELINE_LOCAL_DIR=str(storage),
         KLING_MAX_CONCURRENCY=str(SCENES),
         KLING_TASK_TIMEOUT_SECONDS="60",
-        # The temporary instance of a killed CLI is never cleaned up: keep it under tmp_path.
-        # (A TMPDIR this long can leave no room for the forkserver's socket path: the runs below
-        # then also show that the CLI spawns its steps instead of failing.)
-        TMPDIR=str(tmp_path / "tmp"),
+        TMPDIR=str(short_tmpdir),
     )
     script = the_script(tmp_path)
     killed_pid, journaled = kill_while_tasks_are_in_flight(tmp_path, kling, env, script)
