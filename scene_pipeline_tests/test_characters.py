@@ -18,23 +18,20 @@ folder, its URIs rewritten.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
 import os
-import pickle
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -45,9 +42,18 @@ from scene_pipeline.fonts import hangul_font
 from scene_pipeline.providers.base import ImageRequest, NoSlots
 from scene_pipeline.providers.offline import PlaceholderImageMaker
 
-from .conftest import PIPELINE_ENV
+from .cli_helpers import (
+    clean_environment,
+    generations,
+    local_path,
+    ok,
+    once_per_session,
+    peak_in_flight,
+    scenes_of,
+)
 from .fakes.kling import FakeKlingServer, FakeTask
 from .fakes.openai import FakeOpenAIServer
+from .resilience import write_script
 
 pytestmark = pytest.mark.slow  # end to end through the CLI: scheduled first (conftest.py)
 
@@ -72,7 +78,6 @@ INVOLVED: dict[str, list[str]] = {
 PRESENT = {scene: list(reversed(names)) for scene, names in INVOLVED.items()}
 APPEARING = [MINSU, MINA, GRANNY]
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
-T = TypeVar("T")
 
 
 def cast_document(script_id: str = SCRIPT_ID, granny: str = "백발, 빨간 우산") -> dict[str, Any]:
@@ -110,12 +115,6 @@ def cast_document(script_id: str = SCRIPT_ID, granny: str = "백발, 빨간 우�
 
 
 # -- running the CLI --------------------------------------------------------------------------
-
-
-def clean_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without any of the pipeline's variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in PIPELINE_ENV}
-    return {**env, "DAGSTER_DISABLE_TELEMETRY": "1", **extra}
 
 
 def fake_env(storage: Path, openai: FakeOpenAIServer, kling: FakeKlingServer, **extra: str):
@@ -158,11 +157,6 @@ def cli(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return done
-
-
 # -- reading the bucket -----------------------------------------------------------------------
 
 
@@ -170,17 +164,8 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def local_path(uri: str) -> Path:
-    assert uri.startswith("file://"), uri
-    return Path(uri.removeprefix("file://"))
-
-
 def manifest_of(storage: Path, script_id: str = SCRIPT_ID) -> dict[str, Any]:
     return json.loads((storage / "results" / script_id / "manifest.json").read_text("utf-8"))
-
-
-def scenes_of(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["scene_id"]: s for s in manifest["scenes"]}
 
 
 def portraits_of(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -211,19 +196,6 @@ def snapshot(storage: Path) -> dict[str, bytes]:
     }
 
 
-def peak_in_flight(tasks: list[FakeTask]) -> int:
-    """The most images the fake account had in flight at any moment (from its task times)."""
-    events = sorted(
-        [(t.created_mono, t.n) for t in tasks]
-        + [(t.finishes_mono, -t.n) for t in tasks if t.finishes_mono is not None]
-    )  # at the same instant an end (negative) sorts before a start
-    peak = level = 0
-    for _, delta in events:
-        level += delta
-        peak = max(peak, level)
-    return peak
-
-
 def png(width: int, height: int, colour: tuple[int, int, int], fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), colour).save(buffer, format=fmt)
@@ -244,29 +216,7 @@ def copy_storage(source: Path, target: Path) -> Path:
     return target
 
 
-def write_script(path: Path, document: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(document, ensure_ascii=False), "utf-8")
-    return path
-
-
 # -- the first run, once per session ----------------------------------------------------------
-
-
-def once_per_session(
-    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], T]
-) -> T:
-    """`make(folder)` once per test session, even on several xdist workers: the first worker
-    to get here makes it, the others wait for it and read its (pickled) result."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return make(tmp_path_factory.mktemp(name))
-    shared = tmp_path_factory.getbasetemp().parent  # this session's folder, for every worker
-    with open(shared / f"{name}.lock", "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file is closed
-        result = shared / f"{name}.pickle"
-        if not result.exists():
-            folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared))
-            result.write_bytes(pickle.dumps(make(folder)))
-        return pickle.loads(result.read_bytes())
 
 
 @dataclass(frozen=True)
@@ -330,10 +280,6 @@ def drawn(first_run: FirstRun, tmp_path: Path) -> Iterator[Setup]:
         ) as kling,
     ):
         yield Setup(storage, script, openai, kling, fake_env(storage, openai, kling))
-
-
-def generations(manifest: dict[str, Any]) -> dict[str, str]:
-    return {sid: s["generation"] for sid, s in scenes_of(manifest).items()}
 
 
 def portrait_bytes(manifest: dict[str, Any]) -> dict[str, bytes]:

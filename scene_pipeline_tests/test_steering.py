@@ -17,24 +17,21 @@ folder, its URIs rewritten.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pickle
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from dagster import AssetKey, DagsterInstance, Definitions, build_schedule_context
@@ -49,10 +46,19 @@ from scene_pipeline.schedules import build_nightly_schedule
 from scene_pipeline.settings import Settings
 from scene_pipeline.wiring import build_resources
 
-from .conftest import PIPELINE_ENV
+from .cli_helpers import (
+    clean_environment,
+    generations,
+    local_path,
+    ok,
+    once_per_session,
+    peak_in_flight,
+    scenes_of,
+)
 from .fakes.kling import FakeKlingServer, FakeTask
 from .fakes.openai import FakeOpenAIServer
 from .pipeline_helpers import accept, run_script
+from .resilience import write_script
 
 pytestmark = pytest.mark.slow  # end to end through the CLI: scheduled first (conftest.py)
 
@@ -67,7 +73,6 @@ GRANNY = "할머니"
 OVERRIDE = "An old woman with a red umbrella waits alone at a rainy bus stop at night, wide shot"
 KOREAN = "비 오는 밤, 빨간 우산을 든 할머니가 버스 정류장에 홀로 서 있다. 넓은 화면."
 NIGHT = datetime(2026, 11, 25, 18, 0, tzinfo=UTC)  # 03:00 in Seoul
-T = TypeVar("T")
 
 
 def steer_document(thunder: bool = False) -> dict[str, Any]:
@@ -104,12 +109,6 @@ def steer_document(thunder: bool = False) -> dict[str, Any]:
 
 
 # -- running the CLI --------------------------------------------------------------------------
-
-
-def clean_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without any of the pipeline's variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in PIPELINE_ENV}
-    return {**env, "DAGSTER_DISABLE_TELEMETRY": "1", **extra}
 
 
 def fake_env(storage: Path, openai: FakeOpenAIServer, kling: FakeKlingServer) -> dict[str, str]:
@@ -159,29 +158,11 @@ def cli(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
     return finish(start_cli(*args, env=env))
 
 
-def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return done
-
-
 # -- reading the bucket -----------------------------------------------------------------------
-
-
-def local_path(uri: str) -> Path:
-    assert uri.startswith("file://"), uri
-    return Path(uri.removeprefix("file://"))
 
 
 def manifest_of(storage: Path) -> dict[str, Any]:
     return json.loads((storage / "results" / SCRIPT_ID / "manifest.json").read_text("utf-8"))
-
-
-def scenes_of(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["scene_id"]: s for s in manifest["scenes"]}
-
-
-def generations(manifest: dict[str, Any]) -> dict[str, str]:
-    return {sid: s["generation"] for sid, s in scenes_of(manifest).items()}
 
 
 def record_of(image_uri: str) -> dict[str, Any]:
@@ -205,19 +186,6 @@ def snapshot(storage: Path) -> dict[str, bytes]:
     }
 
 
-def peak_in_flight(tasks: list[FakeTask]) -> int:
-    """The most images the fake account had in flight at any moment (from its task times)."""
-    events = sorted(
-        [(t.created_mono, t.n) for t in tasks]
-        + [(t.finishes_mono, -t.n) for t in tasks if t.finishes_mono is not None]
-    )  # at the same instant an end (negative) sorts before a start
-    peak = level = 0
-    for _, delta in events:
-        level += delta
-        peak = max(peak, level)
-    return peak
-
-
 def copy_storage(source: Path, target: Path) -> Path:
     """The same bucket in another folder: objects copied, their file:// URIs rewritten."""
     shutil.copytree(source, target)
@@ -228,11 +196,6 @@ def copy_storage(source: Path, target: Path) -> Path:
         if old in data:
             path.write_bytes(data.replace(old, new))
     return target
-
-
-def write_script(path: Path, document: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(document, ensure_ascii=False), "utf-8")
-    return path
 
 
 def status_rows(stdout: str, scene_ids: list[str]) -> dict[str, dict[str, str]]:
@@ -256,23 +219,6 @@ def status_rows(stdout: str, scene_ids: list[str]) -> dict[str, dict[str, str]]:
 
 
 # -- the first run, once per session ----------------------------------------------------------
-
-
-def once_per_session(
-    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], T]
-) -> T:
-    """`make(folder)` once per test session, even on several xdist workers: the first worker
-    to get here makes it, the others wait for it and read its (pickled) result."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return make(tmp_path_factory.mktemp(name))
-    shared = tmp_path_factory.getbasetemp().parent  # this session's folder, for every worker
-    with open(shared / f"{name}.lock", "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file is closed
-        result = shared / f"{name}.pickle"
-        if not result.exists():
-            folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared))
-            result.write_bytes(pickle.dumps(make(folder)))
-        return pickle.loads(result.read_bytes())
 
 
 @dataclass(frozen=True)
