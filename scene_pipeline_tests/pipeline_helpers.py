@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance, Definitions, build_schedule_context, materialize
 
 from scene_pipeline.assets import all_assets
 from scene_pipeline.constants import SCRIPT_PARTITIONS_NAME
@@ -14,6 +15,7 @@ from scene_pipeline.contract.outputs import Manifest, SourceRef, utc_now
 from scene_pipeline.contract.script_parsing import parse_script
 from scene_pipeline.core.intake import accepted_script, store_accepted
 from scene_pipeline.io_managers import JsonIOManager, ManifestIOManager, ScriptDocumentIOManager
+from scene_pipeline.jobs import build_scene_job
 from scene_pipeline.resources.bucket import BucketResource
 from scene_pipeline.resources.pipeline import PipelineResource
 from scene_pipeline.resources.providers import (
@@ -23,6 +25,8 @@ from scene_pipeline.resources.providers import (
     PromptWriterResource,
 )
 from scene_pipeline.resources.slots import ensure_pool_limit
+from scene_pipeline.schedules import build_nightly_schedule
+from scene_pipeline.settings import Settings
 from scene_pipeline.storage import Bucket
 
 
@@ -107,3 +111,30 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def example(name: str) -> Any:
     return json.loads((Path(__file__).resolve().parents[1] / "examples" / name).read_text("utf-8"))
+
+
+SCHEDULE_RESOURCES = ("bucket", "prompt_writer", "image_maker", "pipeline")
+# 18:00 UTC on the 25th is 03:00 on the 26th in Seoul: the default schedule's tick.
+NIGHT = datetime(2026, 11, 25, 18, 0, tzinfo=UTC)
+
+
+def nightly_tick(
+    instance: DagsterInstance,
+    settings: Settings,
+    resources: dict[str, Any],
+    when: datetime = NIGHT,
+) -> Any:
+    """One tick of the nightly schedule, built from `settings` and evaluated with `resources`
+    as definitions.py builds them."""
+    job = build_scene_job(settings.kling_max_concurrency)
+    schedule = build_nightly_schedule(settings, job)
+    repository = Definitions(
+        assets=all_assets, jobs=[job], schedules=[schedule], resources=resources
+    ).get_repository_def()
+    with build_schedule_context(
+        instance=instance,
+        repository_def=repository,
+        scheduled_execution_time=when,
+        resources={k: resources[k] for k in SCHEDULE_RESOURCES},
+    ) as context:
+        return schedule.evaluate_tick(context)

@@ -2,7 +2,7 @@
 runs: it requests only scripts with something to draw, failed ones first, within a budget of
 runs and of paid images, and leaves alone scripts that are busy, refused or merely stale."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +11,11 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     DefaultScheduleStatus,
-    Definitions,
     RunRequest,
-    build_schedule_context,
 )
 from dagster._core.test_utils import create_run_for_test
 from pydantic import Field
 
-from scene_pipeline.assets import all_assets
 from scene_pipeline.constants import SCRIPT_PARTITIONS_NAME
 from scene_pipeline.core import leases
 from scene_pipeline.jobs import build_scene_job
@@ -37,12 +34,16 @@ from scene_pipeline.schedules import build_nightly_schedule
 from scene_pipeline.settings import ConfigurationError, Settings
 from scene_pipeline.wiring import build_resources
 
-from .pipeline_helpers import accept, example, run_script
+from .pipeline_helpers import (
+    NIGHT,
+    SCHEDULE_RESOURCES,
+    accept,
+    example,
+    nightly_tick,
+    run_script,
+)
 
-SCHEDULE_RESOURCES = ("bucket", "prompt_writer", "image_maker", "pipeline")
 REASON = "scene_pipeline/reason"
-# 18:00 UTC on the 25th is 03:00 on the 26th in Seoul: the default schedule's tick.
-NIGHT = datetime(2026, 11, 25, 18, 0, tzinfo=UTC)
 
 
 class FailingMaker:
@@ -110,21 +111,10 @@ def evaluate(
 ) -> Any:
     """One tick of the schedule built from the environment, as definitions.py builds it."""
     parsed = Settings.from_env({**env, **(settings or {})})
-    job = build_scene_job(parsed.kling_max_concurrency)
-    schedule = build_nightly_schedule(parsed, job)
     resources = build_resources(parsed)
     if image_maker is not None:
         resources["image_maker"] = image_maker
-    repository = Definitions(
-        assets=all_assets, jobs=[job], schedules=[schedule], resources=resources
-    ).get_repository_def()
-    with build_schedule_context(
-        instance=instance,
-        repository_def=repository,
-        scheduled_execution_time=when,
-        resources={k: resources[k] for k in SCHEDULE_RESOURCES},
-    ) as context:
-        return schedule.evaluate_tick(context)
+    return nightly_tick(instance, parsed, resources, when)
 
 
 def requested(result: Any) -> dict[str, RunRequest]:

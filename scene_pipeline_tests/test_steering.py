@@ -29,20 +29,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import AssetKey, DagsterInstance, Definitions, build_schedule_context
+from dagster import AssetKey, DagsterInstance
 
-from scene_pipeline.assets import all_assets
 from scene_pipeline.constants import KLING_POOL, SCRIPT_PARTITIONS_NAME
-from scene_pipeline.jobs import build_scene_job
 from scene_pipeline.resources.bucket import LocalBucketResource
 from scene_pipeline.resources.providers import OfflineImageMakerResource
 from scene_pipeline.resources.slots import PoolSlots, ensure_pool_limit
-from scene_pipeline.schedules import build_nightly_schedule
 from scene_pipeline.settings import Settings
 from scene_pipeline.wiring import build_resources
 
@@ -57,7 +53,7 @@ from .cli_helpers import (
 )
 from .fakes.kling import FakeKlingServer, FakeTask
 from .fakes.openai import FakeOpenAIServer
-from .pipeline_helpers import accept, run_script
+from .pipeline_helpers import accept, nightly_tick, run_script
 from .resilience import write_script
 
 pytestmark = pytest.mark.slow  # end to end through the CLI: scheduled first (conftest.py)
@@ -72,7 +68,6 @@ CLI_TIMEOUT = 240
 GRANNY = "할머니"
 OVERRIDE = "An old woman with a red umbrella waits alone at a rainy bus stop at night, wide shot"
 KOREAN = "비 오는 밤, 빨간 우산을 든 할머니가 버스 정류장에 홀로 서 있다. 넓은 화면."
-NIGHT = datetime(2026, 11, 25, 18, 0, tzinfo=UTC)  # 03:00 in Seoul
 
 
 def steer_document(thunder: bool = False) -> dict[str, Any]:
@@ -416,19 +411,8 @@ def nightly(
     for name, value in env.items():
         monkeypatch.setenv(name, value)  # the resources read their secrets as EnvVars
     settings = Settings.from_env(env)
-    job = build_scene_job(settings.kling_max_concurrency)
-    schedule = build_nightly_schedule(settings, job)
     resources = build_resources(settings)
-    repository = Definitions(
-        assets=all_assets, jobs=[job], schedules=[schedule], resources=resources
-    ).get_repository_def()
-    with build_schedule_context(
-        instance=instance,
-        repository_def=repository,
-        scheduled_execution_time=NIGHT,
-        resources={k: resources[k] for k in ("bucket", "prompt_writer", "image_maker", "pipeline")},
-    ) as context:
-        return schedule.evaluate_tick(context), resources
+    return nightly_tick(instance, settings, resources), resources
 
 
 def test_a_prompt_override_redraws_one_scene_and_is_kept_until_cleared(
